@@ -1,0 +1,93 @@
+//! The port through which pipelines, schedules and agents invoke tools.
+
+use crate::error::{ErrorCode, ErrorKind, FieldProblem};
+use async_trait::async_trait;
+use serde_json::Value;
+use uuid::Uuid;
+
+/// Who invokes a tool and on whose behalf; tools use it for scoping (projects, notifications).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolContext {
+    pub user_id: Uuid,
+    pub is_admin: bool,
+    /// Stable across retries and crash-resumes of the same logical call (`run_id:node_id`).
+    pub idempotency_key: Option<String>,
+    pub request_id: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ToolError {
+    #[error("unknown tool `{0}`")]
+    UnknownTool(String),
+    #[error("invalid tool parameters")]
+    InvalidParams(Vec<FieldProblem>),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("tool timed out after {0} ms")]
+    Timeout(u64),
+    /// The tool ran and failed. `retryable`: connection errors, timeouts, 429, 5xx.
+    #[error("{message}")]
+    Failed {
+        message: String,
+        retryable: bool,
+        status: Option<u16>,
+    },
+}
+
+impl ToolError {
+    pub fn retryable(&self) -> bool {
+        matches!(
+            self,
+            ToolError::Timeout(_)
+                | ToolError::Failed {
+                    retryable: true,
+                    ..
+                }
+        )
+    }
+    pub fn failed(message: impl Into<String>) -> Self {
+        ToolError::Failed {
+            message: message.into(),
+            retryable: false,
+            status: None,
+        }
+    }
+}
+
+impl ErrorCode for ToolError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            ToolError::UnknownTool(_) => ErrorKind::NotFound,
+            ToolError::InvalidParams(_) => ErrorKind::Validation,
+            ToolError::Forbidden(_) => ErrorKind::Forbidden,
+            // A tool that ran and failed is the caller's input problem, reported as 422 with
+            // the tool's message (it never carries server internals).
+            ToolError::Timeout(_) | ToolError::Failed { .. } => ErrorKind::Validation,
+        }
+    }
+    fn code(&self) -> &'static str {
+        match self {
+            ToolError::UnknownTool(_) => "not_found",
+            ToolError::InvalidParams(_) => "validation_failed",
+            ToolError::Forbidden(_) => "forbidden",
+            ToolError::Timeout(_) => "tool_timeout",
+            ToolError::Failed { .. } => "tool_failed",
+        }
+    }
+    fn details(&self) -> Vec<FieldProblem> {
+        match self {
+            ToolError::InvalidParams(d) => d.clone(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+#[async_trait]
+pub trait ToolInvoker: Send + Sync {
+    async fn invoke(
+        &self,
+        ctx: &ToolContext,
+        name: &str,
+        params: Value,
+    ) -> Result<Value, ToolError>;
+}
