@@ -1,0 +1,63 @@
+//! Mapping of PostgreSQL and pool failures onto [`RepoError`].
+
+use gathering_domain::RepoError;
+use tokio_postgres::error::SqlState;
+
+/// Errors of this crate's own operations (start-up, migrations, the local cluster).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("invalid database configuration: {0}")]
+    Config(String),
+    #[error("cannot connect to PostgreSQL: {0}")]
+    Connect(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("migration {version} ({name}) failed: {source}")]
+    Migration {
+        version: i64,
+        name: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error(
+        "migration {version} ({name}) was changed after it was applied (checksum differs); \
+         add a new migration instead of editing an applied one"
+    )]
+    MigrationChanged { version: i64, name: String },
+    #[error(
+        "the database is at migration version {db} but this binary only knows up to {known}; \
+         run a newer GatheRing"
+    )]
+    MigrationAhead { db: i64, known: i64 },
+    #[error("local PostgreSQL cluster: {0}")]
+    LocalCluster(String),
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    #[error("database error: {0}")]
+    Db(#[from] tokio_postgres::Error),
+}
+
+/// Maps a driver error: unique violations become `Conflict(constraint)`, connection problems
+/// `Unavailable`, anything else `Other`.
+pub fn db_err(e: tokio_postgres::Error) -> RepoError {
+    if let Some(db) = e.as_db_error() {
+        if db.code() == &SqlState::UNIQUE_VIOLATION {
+            return RepoError::Conflict(db.constraint().unwrap_or("unique").to_owned());
+        }
+        if db.code() == &SqlState::ADMIN_SHUTDOWN
+            || db.code() == &SqlState::CANNOT_CONNECT_NOW
+            || db.code() == &SqlState::TOO_MANY_CONNECTIONS
+        {
+            return RepoError::Unavailable(Box::new(e));
+        }
+        return RepoError::Other(Box::new(e));
+    }
+    if e.is_closed() || e.code().is_none() {
+        return RepoError::Unavailable(Box::new(e));
+    }
+    RepoError::Other(Box::new(e))
+}
+
+/// Failing to get a connection (timeout, refused, the database not accepting connections,
+/// a failed recycle check) means the database is unavailable right now: 503, never 500.
+pub fn pool_err(e: deadpool_postgres::PoolError) -> RepoError {
+    RepoError::Unavailable(Box::new(e))
+}

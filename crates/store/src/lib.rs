@@ -1,0 +1,22 @@
+//! PostgreSQL adapters of the domain's repository traits (tokio-postgres + deadpool-postgres),
+//! the migration runner, LISTEN/NOTIFY, and the private local cluster of the default run.
+
+pub mod agents;
+pub mod audit;
+pub mod error;
+pub mod listener;
+pub mod local_cluster;
+pub mod migrate;
+pub mod notifications;
+pub mod page;
+pub mod pipeline;
+pub mod pool;
+pub mod projects;
+pub mod revocations;
+pub mod scheduler;
+pub mod test_support;
+pub mod tokens;
+pub mod users;
+
+pub use error::StoreError;
+pub use pool::{PgPool, PoolSettings, connect};

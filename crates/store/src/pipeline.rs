@@ -1,0 +1,733 @@
+//! [`PipelineRepository`] and [`RunRepository`] on PostgreSQL (schema `pipeline`).
+//!
+//! Runs are claimed with `FOR UPDATE SKIP LOCKED` under a lease (owner + expiry) that the
+//! executor extends by heartbeat; [`PgRunRepository::apply`] upserts a batch of node states and
+//! updates the run in ONE statement, guarded by the lease.
+
+use crate::error::db_err;
+use crate::page::query_page;
+use crate::pool::{PgPool, conn};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use gathering_domain::pipeline::{
+    CancelOutcome, ClaimedRun, HeldLease, NewPipeline, NodeRun, NodeStatus, Pipeline,
+    PipelineDefinition, PipelineRepository, PipelineUpdate, RescueReport, Run, RunCommit,
+    RunDetail, RunError, RunRepository, RunStatus,
+};
+use gathering_domain::{Page, PageRequest, RepoError};
+use serde_json::Value;
+use std::collections::HashMap;
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+/// A stored value this code does not understand.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid stored value in {column}: {message}")]
+pub struct InvalidStored {
+    pub column: &'static str,
+    pub message: String,
+}
+
+fn invalid(column: &'static str, message: impl Into<String>) -> RepoError {
+    RepoError::Other(Box::new(InvalidStored {
+        column,
+        message: message.into(),
+    }))
+}
+
+fn to_json<T: serde::Serialize>(column: &'static str, v: &T) -> Result<Value, RepoError> {
+    serde_json::to_value(v).map_err(|e| invalid(column, e.to_string()))
+}
+
+const PIPELINE_COLS: &str = "p.id, p.owner_id, p.name, p.description, p.version, p.created_at, \
+                             p.updated_at, v.definition";
+const PIPELINE_FROM: &str = "pipeline.pipelines p JOIN pipeline.pipeline_versions v \
+                             ON v.pipeline_id = p.id AND v.version = p.version";
+
+fn pipeline_from_row(row: &Row) -> Result<Pipeline, RepoError> {
+    let def: Value = row.try_get("definition").map_err(db_err)?;
+    Ok(Pipeline {
+        id: row.try_get("id").map_err(db_err)?,
+        owner_id: row.try_get("owner_id").map_err(db_err)?,
+        name: row.try_get("name").map_err(db_err)?,
+        description: row.try_get("description").map_err(db_err)?,
+        version: row.try_get("version").map_err(db_err)?,
+        definition: serde_json::from_value(def)
+            .map_err(|e| invalid("pipeline_versions.definition", e.to_string()))?,
+        created_at: row.try_get("created_at").map_err(db_err)?,
+        updated_at: row.try_get("updated_at").map_err(db_err)?,
+    })
+}
+
+const RUN_COLS: &str = "r.id, r.pipeline_id, r.pipeline_version, r.owner_id, r.status, r.input, \
+                        r.output, r.error, r.created_at, r.started_at, r.finished_at, \
+                        r.deadline_at, r.cancel_requested";
+
+fn run_error(v: Option<Value>, column: &'static str) -> Result<Option<RunError>, RepoError> {
+    v.map(|v| serde_json::from_value(v).map_err(|e| invalid(column, e.to_string())))
+        .transpose()
+}
+
+fn run_from_row(row: &Row) -> Result<Run, RepoError> {
+    let status: &str = row.try_get("status").map_err(db_err)?;
+    Ok(Run {
+        id: row.try_get("id").map_err(db_err)?,
+        pipeline_id: row.try_get("pipeline_id").map_err(db_err)?,
+        pipeline_version: row.try_get("pipeline_version").map_err(db_err)?,
+        owner_id: row.try_get("owner_id").map_err(db_err)?,
+        status: RunStatus::parse(status).ok_or_else(|| invalid("runs.status", status))?,
+        input: row.try_get("input").map_err(db_err)?,
+        output: row.try_get("output").map_err(db_err)?,
+        error: run_error(row.try_get("error").map_err(db_err)?, "runs.error")?,
+        created_at: row.try_get("created_at").map_err(db_err)?,
+        started_at: row.try_get("started_at").map_err(db_err)?,
+        finished_at: row.try_get("finished_at").map_err(db_err)?,
+        deadline_at: row.try_get("deadline_at").map_err(db_err)?,
+        cancel_requested: row.try_get("cancel_requested").map_err(db_err)?,
+    })
+}
+
+const NODE_COLS: &str =
+    "run_id, node_id, status, attempts, output, error, started_at, finished_at, wake_at";
+
+fn node_from_row(row: &Row) -> Result<NodeRun, RepoError> {
+    let status: &str = row.try_get("status").map_err(db_err)?;
+    Ok(NodeRun {
+        node_id: row.try_get("node_id").map_err(db_err)?,
+        status: NodeStatus::parse(status).ok_or_else(|| invalid("node_runs.status", status))?,
+        attempts: row.try_get("attempts").map_err(db_err)?,
+        output: row.try_get("output").map_err(db_err)?,
+        error: run_error(row.try_get("error").map_err(db_err)?, "node_runs.error")?,
+        started_at: row.try_get("started_at").map_err(db_err)?,
+        finished_at: row.try_get("finished_at").map_err(db_err)?,
+        wake_at: row.try_get("wake_at").map_err(db_err)?,
+    })
+}
+
+#[derive(Clone)]
+pub struct PgPipelineRepository {
+    pool: PgPool,
+}
+
+impl PgPipelineRepository {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+}
+
+#[async_trait]
+impl PipelineRepository for PgPipelineRepository {
+    async fn create(&self, new: NewPipeline, now: DateTime<Utc>) -> Result<Pipeline, RepoError> {
+        let id = Uuid::now_v7();
+        let def = to_json("pipeline_versions.definition", &new.definition)?;
+        let c = conn(&self.pool).await?;
+        let stmt = c
+            .prepare_cached(
+                "WITH p AS (
+                     INSERT INTO pipeline.pipelines
+                         (id, owner_id, name, description, version, created_at, updated_at)
+                     VALUES ($1, $2, $3, $4, 1, $6, $6) RETURNING id)
+                 INSERT INTO pipeline.pipeline_versions (pipeline_id, version, definition, created_at)
+                 SELECT id, 1, $5, $6 FROM p",
+            )
+            .await
+            .map_err(db_err)?;
+        c.execute(
+            &stmt,
+            &[&id, &new.owner_id, &new.name, &new.description, &def, &now],
+        )
+        .await
+        .map_err(db_err)?;
+        Ok(Pipeline {
+            id,
+            owner_id: new.owner_id,
+            name: new.name,
+            description: new.description,
+            version: 1,
+            definition: new.definition,
+            created_at: now,
+            updated_at: now,
+        })
+    }
+
+    async fn get(&self, owner_id: Uuid, id: Uuid) -> Result<Option<Pipeline>, RepoError> {
+        let c = conn(&self.pool).await?;
+        let stmt = c
+            .prepare_cached(&format!(
+                "SELECT {PIPELINE_COLS} FROM {PIPELINE_FROM} WHERE p.id = $1 AND p.owner_id = $2"
+            ))
+            .await
+            .map_err(db_err)?;
+        let row = c
+            .query_opt(&stmt, &[&id, &owner_id])
+            .await
+            .map_err(db_err)?;
+        row.as_ref().map(pipeline_from_row).transpose()
+    }
+
+    async fn list(&self, owner_id: Uuid, page: PageRequest) -> Result<Page<Pipeline>, RepoError> {
+        let c = conn(&self.pool).await?;
+        query_page(
+            &c,
+            &format!(
+                "SELECT {PIPELINE_COLS} FROM {PIPELINE_FROM}
+                 WHERE p.owner_id = $1 AND ($2::uuid IS NULL OR p.id < $2)
+                 ORDER BY p.id DESC LIMIT $3"
+            ),
+            &[&owner_id, &page.cursor, &page.fetch_limit()],
+            page,
+            pipeline_from_row,
+            |p| p.id,
+        )
+        .await
+    }
+
+    async fn update(
+        &self,
+        owner_id: Uuid,
+        id: Uuid,
+        update: PipelineUpdate,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Pipeline>, RepoError> {
+        let mut c = conn(&self.pool).await?;
+        let tx = c.transaction().await.map_err(db_err)?;
+        let row = tx
+            .query_opt(
+                &format!(
+                    "SELECT {PIPELINE_COLS} FROM {PIPELINE_FROM}
+                     WHERE p.id = $1 AND p.owner_id = $2 FOR UPDATE OF p"
+                ),
+                &[&id, &owner_id],
+            )
+            .await
+            .map_err(db_err)?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let mut p = pipeline_from_row(&row)?;
+        if let Some(n) = update.name {
+            p.name = n;
+        }
+        if let Some(d) = update.description {
+            p.description = d;
+        }
+        if let Some(d) = update.definition {
+            p.definition = d;
+        }
+        p.version += 1;
+        p.updated_at = now;
+        let def = to_json("pipeline_versions.definition", &p.definition)?;
+        tx.execute(
+            "UPDATE pipeline.pipelines SET name = $2, description = $3, version = $4, updated_at = $5
+             WHERE id = $1",
+            &[&id, &p.name, &p.description, &p.version, &now],
+        )
+        .await
+        .map_err(db_err)?;
+        tx.execute(
+            "INSERT INTO pipeline.pipeline_versions (pipeline_id, version, definition, created_at)
+             VALUES ($1, $2, $3, $4)",
+            &[&id, &p.version, &def, &now],
+        )
+        .await
+        .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(Some(p))
+    }
+
+    async fn delete(&self, owner_id: Uuid, id: Uuid) -> Result<bool, RepoError> {
+        let c = conn(&self.pool).await?;
+        let n = c
+            .execute(
+                "DELETE FROM pipeline.pipelines WHERE id = $1 AND owner_id = $2",
+                &[&id, &owner_id],
+            )
+            .await
+            .map_err(db_err)?;
+        Ok(n > 0)
+    }
+}
+
+#[derive(Clone)]
+pub struct PgRunRepository {
+    pool: PgPool,
+    synchronous_transitions: bool,
+}
+
+impl PgRunRepository {
+    /// Intermediate node transitions (`RunCommit::Nodes`) are committed with
+    /// `synchronous_commit = off`: they skip the WAL flush wait, which is what bounds node
+    /// throughput. A *database* crash may then lose the last few hundred milliseconds of them,
+    /// which only means those nodes run again after resume with the same idempotency key (the
+    /// rule for an executor crash). Claims, finishes, releases and cancels stay synchronous, and
+    /// a synchronous commit also makes every earlier transition durable (the WAL is ordered).
+    pub fn new(pool: PgPool) -> Self {
+        Self {
+            pool,
+            synchronous_transitions: false,
+        }
+    }
+
+    /// Makes every node transition wait for its WAL flush too.
+    pub fn with_synchronous_transitions(mut self, on: bool) -> Self {
+        self.synchronous_transitions = on;
+        self
+    }
+}
+
+const CANCELLED_ERROR: &str = r#"{"code": "cancelled", "message": "the run was cancelled"}"#;
+
+#[async_trait]
+impl RunRepository for PgRunRepository {
+    async fn create_run(
+        &self,
+        owner_id: Uuid,
+        pipeline_id: Uuid,
+        input: Value,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Run>, RepoError> {
+        let c = conn(&self.pool).await?;
+        let stmt = c
+            .prepare_cached(&format!(
+                "WITH r AS (
+                     INSERT INTO pipeline.runs
+                         (id, pipeline_id, pipeline_version, owner_id, status, input, timeout_ms, created_at)
+                     SELECT $1, p.id, p.version, p.owner_id, 'queued', $4,
+                            (v.definition->>'timeout_ms')::bigint, $5
+                     FROM {PIPELINE_FROM} WHERE p.id = $2 AND p.owner_id = $3
+                     RETURNING *)
+                 SELECT {RUN_COLS} FROM r"
+            ))
+            .await
+            .map_err(db_err)?;
+        let row = c
+            .query_opt(
+                &stmt,
+                &[&Uuid::now_v7(), &pipeline_id, &owner_id, &input, &now],
+            )
+            .await
+            .map_err(db_err)?;
+        row.as_ref().map(run_from_row).transpose()
+    }
+
+    async fn get_run(&self, owner_id: Uuid, run_id: Uuid) -> Result<Option<RunDetail>, RepoError> {
+        let c = conn(&self.pool).await?;
+        let stmt = c
+            .prepare_cached(&format!(
+                "SELECT {RUN_COLS},
+                        jsonb_path_query_array(v.definition, '$.nodes[*].id') AS node_order
+                 FROM pipeline.runs r
+                 JOIN pipeline.pipeline_versions v
+                   ON v.pipeline_id = r.pipeline_id AND v.version = r.pipeline_version
+                 WHERE r.id = $1 AND r.owner_id = $2"
+            ))
+            .await
+            .map_err(db_err)?;
+        let Some(row) = c
+            .query_opt(&stmt, &[&run_id, &owner_id])
+            .await
+            .map_err(db_err)?
+        else {
+            return Ok(None);
+        };
+        let run = run_from_row(&row)?;
+        let order: Value = row.try_get("node_order").map_err(db_err)?;
+        let node_order: Vec<String> = serde_json::from_value(order)
+            .map_err(|e| invalid("pipeline_versions.definition", e.to_string()))?;
+        let stmt = c
+            .prepare_cached(&format!(
+                "SELECT {NODE_COLS} FROM pipeline.node_runs WHERE run_id = $1 LIMIT 10000"
+            ))
+            .await
+            .map_err(db_err)?;
+        let nodes = c
+            .query(&stmt, &[&run_id])
+            .await
+            .map_err(db_err)?
+            .iter()
+            .map(node_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(RunDetail {
+            run,
+            nodes,
+            node_order,
+        }))
+    }
+
+    async fn list_runs(
+        &self,
+        owner_id: Uuid,
+        pipeline_id: Uuid,
+        page: PageRequest,
+    ) -> Result<Option<Page<Run>>, RepoError> {
+        let c = conn(&self.pool).await?;
+        let exists = c
+            .query_opt(
+                "SELECT 1 FROM pipeline.pipelines WHERE id = $1 AND owner_id = $2",
+                &[&pipeline_id, &owner_id],
+            )
+            .await
+            .map_err(db_err)?;
+        if exists.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(
+            query_page(
+                &c,
+                &format!(
+                    "SELECT {RUN_COLS} FROM pipeline.runs r
+                 WHERE r.pipeline_id = $1 AND r.owner_id = $2 AND ($3::uuid IS NULL OR r.id < $3)
+                 ORDER BY r.id DESC LIMIT $4"
+                ),
+                &[&pipeline_id, &owner_id, &page.cursor, &page.fetch_limit()],
+                page,
+                run_from_row,
+                |r| r.id,
+            )
+            .await?,
+        ))
+    }
+
+    async fn claim(
+        &self,
+        owner: Uuid,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<ClaimedRun>, RepoError> {
+        let c = conn(&self.pool).await?;
+        let stmt = c
+            .prepare_cached(&format!(
+                "WITH c AS (
+                     SELECT id, started_at IS NULL AS first_start FROM pipeline.runs
+                     WHERE lease_owner IS NULL AND status IN ('queued', 'running')
+                       AND (due_at IS NULL OR due_at <= $1)
+                     ORDER BY due_at NULLS FIRST, id
+                     LIMIT $2
+                     FOR UPDATE SKIP LOCKED),
+                 r AS (
+                     UPDATE pipeline.runs r SET
+                         status = 'running', lease_owner = $3, lease_expires_at = $4, due_at = NULL,
+                         started_at = COALESCE(r.started_at, $1),
+                         deadline_at = COALESCE(r.deadline_at,
+                             $1 + r.timeout_ms * interval '1 millisecond')
+                     FROM c WHERE r.id = c.id
+                     RETURNING r.*, c.first_start)
+                 SELECT {RUN_COLS}, r.first_start, v.definition
+                 FROM r JOIN pipeline.pipeline_versions v
+                   ON v.pipeline_id = r.pipeline_id AND v.version = r.pipeline_version"
+            ))
+            .await
+            .map_err(db_err)?;
+        let rows = c
+            .query(&stmt, &[&now, &i64::from(limit), &owner, &lease_until])
+            .await
+            .map_err(db_err)?;
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut claimed = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let def: Value = row.try_get("definition").map_err(db_err)?;
+            let definition: PipelineDefinition = serde_json::from_value(def)
+                .map_err(|e| invalid("pipeline_versions.definition", e.to_string()))?;
+            claimed.push(ClaimedRun {
+                run: run_from_row(row)?,
+                definition,
+                nodes: Vec::new(),
+                first_start: row.try_get("first_start").map_err(db_err)?,
+            });
+        }
+        // Node states of the runs that already started (resume).
+        let resumed: Vec<Uuid> = claimed
+            .iter()
+            .filter(|c| !c.first_start)
+            .map(|c| c.run.id)
+            .collect();
+        if !resumed.is_empty() {
+            let stmt = c
+                .prepare_cached(&format!(
+                    "SELECT {NODE_COLS} FROM pipeline.node_runs WHERE run_id = ANY($1) LIMIT 100000"
+                ))
+                .await
+                .map_err(db_err)?;
+            let mut by_run: HashMap<Uuid, Vec<NodeRun>> = HashMap::new();
+            for row in c.query(&stmt, &[&resumed]).await.map_err(db_err)? {
+                let run_id: Uuid = row.try_get("run_id").map_err(db_err)?;
+                by_run.entry(run_id).or_default().push(node_from_row(&row)?);
+            }
+            for c in &mut claimed {
+                if let Some(nodes) = by_run.remove(&c.run.id) {
+                    c.nodes = nodes;
+                }
+            }
+        }
+        Ok(claimed)
+    }
+
+    async fn heartbeat(
+        &self,
+        owner: Uuid,
+        run_ids: &[Uuid],
+        lease_until: DateTime<Utc>,
+    ) -> Result<Vec<HeldLease>, RepoError> {
+        if run_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let c = conn(&self.pool).await?;
+        let stmt = c
+            .prepare_cached(
+                "UPDATE pipeline.runs SET lease_expires_at = $3
+                 WHERE id = ANY($1) AND lease_owner = $2
+                 RETURNING id, cancel_requested",
+            )
+            .await
+            .map_err(db_err)?;
+        let rows = c
+            .query(&stmt, &[&run_ids, &owner, &lease_until])
+            .await
+            .map_err(db_err)?;
+        rows.iter()
+            .map(|r| {
+                Ok(HeldLease {
+                    run_id: r.try_get("id").map_err(db_err)?,
+                    cancel_requested: r.try_get("cancel_requested").map_err(db_err)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn apply(
+        &self,
+        run_id: Uuid,
+        owner: Uuid,
+        nodes: &[NodeRun],
+        commit: RunCommit,
+    ) -> Result<(), RepoError> {
+        // One row per node (the last state wins) so the upsert touches each row once.
+        let mut last: Vec<&NodeRun> = Vec::with_capacity(nodes.len());
+        for n in nodes {
+            match last.iter_mut().find(|x| x.node_id == n.node_id) {
+                Some(x) => *x = n,
+                None => last.push(n),
+            }
+        }
+        let ids: Vec<&str> = last.iter().map(|n| n.node_id.as_str()).collect();
+        let statuses: Vec<&str> = last.iter().map(|n| n.status.as_str()).collect();
+        let attempts: Vec<i32> = last.iter().map(|n| n.attempts).collect();
+        let outputs: Vec<Option<Value>> = last.iter().map(|n| n.output.clone()).collect();
+        let errors: Vec<Option<Value>> = last
+            .iter()
+            .map(|n| {
+                n.error
+                    .as_ref()
+                    .map(|e| to_json("node_runs.error", e))
+                    .transpose()
+            })
+            .collect::<Result<_, _>>()?;
+        let started: Vec<Option<DateTime<Utc>>> = last.iter().map(|n| n.started_at).collect();
+        let finished: Vec<Option<DateTime<Utc>>> = last.iter().map(|n| n.finished_at).collect();
+        let wake: Vec<Option<DateTime<Utc>>> = last.iter().map(|n| n.wake_at).collect();
+        let (mode, status, output, error, at, due_at): (
+            &str,
+            Option<&str>,
+            Option<Value>,
+            Option<Value>,
+            Option<DateTime<Utc>>,
+            Option<DateTime<Utc>>,
+        ) = match &commit {
+            RunCommit::Nodes => ("nodes", None, None, None, None, None),
+            RunCommit::Finish {
+                status,
+                output,
+                error,
+                at,
+            } => (
+                "finish",
+                Some(status.as_str()),
+                output.clone(),
+                error
+                    .as_ref()
+                    .map(|e| to_json("runs.error", e))
+                    .transpose()?,
+                Some(*at),
+                None,
+            ),
+            RunCommit::Release { due_at } => ("release", None, None, None, None, *due_at),
+        };
+        let c = conn(&self.pool).await?;
+        let stmt = c
+            .prepare_cached(
+                "WITH held AS (
+                     SELECT id FROM pipeline.runs WHERE id = $1 AND lease_owner = $2),
+                 nodes AS (
+                     INSERT INTO pipeline.node_runs AS n
+                         (run_id, node_id, status, attempts, output, error, started_at, finished_at, wake_at)
+                     SELECT held.id, t.node_id, t.status, t.attempts, t.output, t.error,
+                            t.started_at, t.finished_at, t.wake_at
+                     FROM held, unnest($3::text[], $4::text[], $5::int4[], $6::jsonb[], $7::jsonb[],
+                                       $8::timestamptz[], $9::timestamptz[], $10::timestamptz[])
+                          AS t(node_id, status, attempts, output, error, started_at, finished_at, wake_at)
+                     ON CONFLICT (run_id, node_id) DO UPDATE SET
+                         status = EXCLUDED.status, attempts = EXCLUDED.attempts,
+                         output = EXCLUDED.output, error = EXCLUDED.error,
+                         started_at = COALESCE(n.started_at, EXCLUDED.started_at),
+                         finished_at = EXCLUDED.finished_at, wake_at = EXCLUDED.wake_at
+                     RETURNING 1),
+                 run AS (
+                     UPDATE pipeline.runs r SET
+                         status = CASE WHEN $11::text = 'finish' THEN $12::text ELSE r.status END,
+                         output = CASE WHEN $11::text = 'finish' THEN $13::jsonb ELSE r.output END,
+                         error = CASE WHEN $11::text = 'finish' THEN $14::jsonb ELSE r.error END,
+                         finished_at = CASE WHEN $11::text = 'finish' THEN $15::timestamptz
+                                            ELSE r.finished_at END,
+                         due_at = CASE WHEN $11::text = 'release' THEN $16::timestamptz ELSE NULL END,
+                         lease_owner = NULL, lease_expires_at = NULL
+                     FROM held WHERE r.id = held.id AND $11::text <> 'nodes'
+                     RETURNING 1)
+                 SELECT (SELECT count(*) FROM held) AS held,
+                        set_config('synchronous_commit',
+                                   CASE WHEN $11::text = 'nodes' AND NOT $17::bool THEN 'off'
+                                        ELSE current_setting('synchronous_commit') END,
+                                   true) AS sync",
+            )
+            .await
+            .map_err(db_err)?;
+        let row = c
+            .query_one(
+                &stmt,
+                &[
+                    &run_id,
+                    &owner,
+                    &ids,
+                    &statuses,
+                    &attempts,
+                    &outputs,
+                    &errors,
+                    &started,
+                    &finished,
+                    &wake,
+                    &mode,
+                    &status,
+                    &output,
+                    &error,
+                    &at,
+                    &due_at,
+                    &self.synchronous_transitions,
+                ],
+            )
+            .await
+            .map_err(db_err)?;
+        let held: i64 = row.try_get("held").map_err(db_err)?;
+        if held == 0 {
+            return Err(RepoError::Conflict("lease".to_owned()));
+        }
+        Ok(())
+    }
+
+    async fn request_cancel(
+        &self,
+        owner_id: Uuid,
+        run_id: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<Option<CancelOutcome>, RepoError> {
+        let mut c = conn(&self.pool).await?;
+        let tx = c.transaction().await.map_err(db_err)?;
+        let Some(row) = tx
+            .query_opt(
+                "SELECT status, lease_owner FROM pipeline.runs
+                 WHERE id = $1 AND owner_id = $2 FOR UPDATE",
+                &[&run_id, &owner_id],
+            )
+            .await
+            .map_err(db_err)?
+        else {
+            return Ok(None);
+        };
+        let status: &str = row.try_get("status").map_err(db_err)?;
+        let status = RunStatus::parse(status).ok_or_else(|| invalid("runs.status", status))?;
+        if status.is_terminal() {
+            return Ok(Some(CancelOutcome::AlreadyFinished(status)));
+        }
+        let leased: Option<Uuid> = row.try_get("lease_owner").map_err(db_err)?;
+        if leased.is_some() {
+            tx.execute(
+                "UPDATE pipeline.runs SET cancel_requested = true WHERE id = $1",
+                &[&run_id],
+            )
+            .await
+            .map_err(db_err)?;
+            tx.commit().await.map_err(db_err)?;
+            return Ok(Some(CancelOutcome::Requested));
+        }
+        // Nobody runs it (queued, or waiting on a timer): cancel it here and now.
+        let cancelled: Value = serde_json::from_str(CANCELLED_ERROR)
+            .map_err(|e| invalid("runs.error", e.to_string()))?;
+        let row = tx
+            .query_one(
+                &format!(
+                    "UPDATE pipeline.runs r SET cancel_requested = true, status = 'cancelled',
+                         finished_at = $2, error = $3, due_at = NULL
+                     WHERE r.id = $1 RETURNING {RUN_COLS}"
+                ),
+                &[&run_id, &now, &cancelled],
+            )
+            .await
+            .map_err(db_err)?;
+        tx.execute(
+            "UPDATE pipeline.node_runs SET status = 'cancelled', finished_at = $2, wake_at = NULL
+             WHERE run_id = $1 AND status IN ('pending', 'running')",
+            &[&run_id, &now],
+        )
+        .await
+        .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(Some(CancelOutcome::CancelledNow(Box::new(run_from_row(
+            &row,
+        )?))))
+    }
+
+    async fn rescue_stale(
+        &self,
+        now: DateTime<Utc>,
+        max_rescues: u32,
+    ) -> Result<RescueReport, RepoError> {
+        let c = conn(&self.pool).await?;
+        let stmt = c
+            .prepare_cached(
+                "WITH s AS (
+                     SELECT id FROM pipeline.runs
+                     WHERE lease_owner IS NOT NULL AND lease_expires_at < $1
+                     ORDER BY lease_expires_at LIMIT 1000
+                     FOR UPDATE SKIP LOCKED)
+                 UPDATE pipeline.runs r SET
+                     lease_owner = NULL, lease_expires_at = NULL, due_at = NULL,
+                     rescue_count = r.rescue_count + 1,
+                     status = CASE WHEN r.rescue_count + 1 > $2 THEN 'failed' ELSE r.status END,
+                     finished_at = CASE WHEN r.rescue_count + 1 > $2 THEN $1 ELSE r.finished_at END,
+                     error = CASE WHEN r.rescue_count + 1 > $2
+                         THEN jsonb_build_object('code', 'abandoned', 'message',
+                              'the run''s executor stopped ' || (r.rescue_count + 1) || ' times')
+                         ELSE r.error END
+                 FROM s WHERE r.id = s.id
+                 RETURNING r.id, r.owner_id, r.status",
+            )
+            .await
+            .map_err(db_err)?;
+        let max = i32::try_from(max_rescues).unwrap_or(i32::MAX);
+        let rows = c.query(&stmt, &[&now, &max]).await.map_err(db_err)?;
+        let mut report = RescueReport::default();
+        for row in rows {
+            let id: Uuid = row.try_get("id").map_err(db_err)?;
+            let status: &str = row.try_get("status").map_err(db_err)?;
+            if status == "failed" {
+                report
+                    .abandoned
+                    .push((id, row.try_get("owner_id").map_err(db_err)?));
+            } else {
+                report.requeued.push(id);
+            }
+        }
+        Ok(report)
+    }
+}

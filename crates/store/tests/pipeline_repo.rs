@@ -1,0 +1,450 @@
+//! PgPipelineRepository / PgRunRepository against the real PostgreSQL (fresh database each).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use chrono::{Duration, Utc};
+use gathering_domain::pipeline::{
+    CancelOutcome, NewPipeline, NodeRun, NodeStatus, PipelineDefinition, PipelineRepository,
+    PipelineUpdate, RunCommit, RunError, RunRepository, RunStatus,
+};
+use gathering_domain::{PageRequest, RepoError};
+use gathering_store::pipeline::{PgPipelineRepository, PgRunRepository};
+use gathering_store::test_support::TestDb;
+use serde_json::json;
+use std::collections::HashSet;
+use uuid::Uuid;
+
+async fn user(db: &TestDb) -> Uuid {
+    let id = Uuid::now_v7();
+    let c = db.pool.get().await.unwrap();
+    c.execute(
+        "INSERT INTO auth.users (id, email, name, role, password_hash) VALUES ($1, $2, 'u', 'user', 'x')",
+        &[&id, &format!("{id}@example.com")],
+    )
+    .await
+    .unwrap();
+    id
+}
+
+fn definition(timeout_ms: Option<u64>) -> PipelineDefinition {
+    serde_json::from_value(json!({
+        "nodes": [{"id": "a", "type": "trigger"}, {"id": "b", "type": "action", "config": {"tool": "echo", "params": {}}}],
+        "edges": [{"from": "a", "to": "b"}],
+        "timeout_ms": timeout_ms
+    }))
+    .unwrap()
+}
+
+async fn setup() -> (TestDb, PgPipelineRepository, PgRunRepository, Uuid) {
+    let db = TestDb::new().await.unwrap();
+    let owner = user(&db).await;
+    let repo = PgPipelineRepository::new(db.pool.clone());
+    let runs = PgRunRepository::new(db.pool.clone());
+    (db, repo, runs, owner)
+}
+
+async fn pipeline(repo: &PgPipelineRepository, owner: Uuid, timeout_ms: Option<u64>) -> Uuid {
+    repo.create(
+        NewPipeline {
+            owner_id: owner,
+            name: "p".into(),
+            description: Some("d".into()),
+            definition: definition(timeout_ms),
+        },
+        Utc::now(),
+    )
+    .await
+    .unwrap()
+    .id
+}
+
+fn node(id: &str, status: NodeStatus, output: Option<serde_json::Value>) -> NodeRun {
+    NodeRun {
+        node_id: id.into(),
+        status,
+        attempts: 1,
+        output,
+        error: None,
+        started_at: Some(Utc::now()),
+        finished_at: None,
+        wake_at: None,
+    }
+}
+
+#[tokio::test]
+async fn pipelines_are_versioned_owner_scoped_and_paginated() {
+    let (db, repo, runs, owner) = setup().await;
+    let other = user(&db).await;
+    let id = pipeline(&repo, owner, None).await;
+    assert!(repo.get(other, id).await.unwrap().is_none());
+    assert_eq!(
+        repo.get(owner, id).await.unwrap().unwrap().definition,
+        definition(None)
+    );
+    let run1 = runs
+        .create_run(owner, id, json!({"x": 1}), Utc::now())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(run1.pipeline_version, 1);
+    assert!(
+        runs.create_run(other, id, json!({}), Utc::now())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let updated = repo
+        .update(
+            owner,
+            id,
+            PipelineUpdate {
+                name: Some("q".into()),
+                definition: Some(definition(Some(5000))),
+                ..Default::default()
+            },
+            Utc::now(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((updated.version, updated.name.as_str()), (2, "q"));
+    assert!(
+        repo.update(other, id, PipelineUpdate::default(), Utc::now())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let run2 = runs
+        .create_run(owner, id, json!({}), Utc::now())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(run2.pipeline_version, 2);
+    // Pagination, newest first.
+    for _ in 0..3 {
+        pipeline(&repo, owner, None).await;
+    }
+    let page = repo
+        .list(owner, PageRequest::new(Some(3), None))
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 3);
+    let cursor = page.next_cursor.clone().unwrap().parse().unwrap();
+    let rest = repo
+        .list(owner, PageRequest::new(Some(3), Some(cursor)))
+        .await
+        .unwrap();
+    assert_eq!(rest.items.len(), 1);
+    assert_eq!(rest.items[0].id, id);
+    assert!(
+        repo.list(other, PageRequest::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    let listed = runs
+        .list_runs(owner, id, PageRequest::default())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        listed.items.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![run2.id, run1.id]
+    );
+    assert!(
+        runs.list_runs(other, id, PageRequest::default())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(!repo.delete(other, id).await.unwrap());
+    assert!(repo.delete(owner, id).await.unwrap());
+    assert!(
+        runs.get_run(owner, run1.id).await.unwrap().is_none(),
+        "runs go with their pipeline"
+    );
+}
+
+#[tokio::test]
+async fn two_concurrent_claimers_never_claim_the_same_run() {
+    let (_db, repo, runs, owner) = setup().await;
+    let id = pipeline(&repo, owner, None).await;
+    for _ in 0..60 {
+        runs.create_run(owner, id, json!({}), Utc::now())
+            .await
+            .unwrap();
+    }
+    let claimer = |runs: PgRunRepository| async move {
+        let me = Uuid::now_v7();
+        let mut mine = Vec::new();
+        loop {
+            let now = Utc::now();
+            let got = runs
+                .claim(me, now, now + Duration::seconds(30), 7)
+                .await
+                .unwrap();
+            if got.is_empty() {
+                break;
+            }
+            mine.extend(got.into_iter().map(|c| c.run.id));
+        }
+        mine
+    };
+    let (a, b) = tokio::join!(claimer(runs.clone()), claimer(runs.clone()));
+    let sa: HashSet<Uuid> = a.iter().copied().collect();
+    let sb: HashSet<Uuid> = b.iter().copied().collect();
+    assert_eq!(sa.len() + sb.len(), 60);
+    assert!(sa.is_disjoint(&sb));
+}
+
+#[tokio::test]
+async fn claim_starts_the_run_and_apply_persists_transitions_under_the_lease() {
+    let (_db, repo, runs, owner) = setup().await;
+    let id = pipeline(&repo, owner, Some(60_000)).await;
+    let run = runs
+        .create_run(owner, id, json!({"n": 1}), Utc::now())
+        .await
+        .unwrap()
+        .unwrap();
+    let me = Uuid::now_v7();
+    let now = Utc::now();
+    let claimed = runs
+        .claim(me, now, now + Duration::seconds(30), 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    let c = &claimed[0];
+    assert!(c.first_start);
+    assert_eq!(c.run.status, RunStatus::Running);
+    assert_eq!(c.definition, definition(Some(60_000)));
+    let deadline = c.run.deadline_at.unwrap();
+    assert!((deadline - c.run.started_at.unwrap()).num_milliseconds() == 60_000);
+    // Nothing else to claim while leased.
+    assert!(
+        runs.claim(Uuid::now_v7(), now, now + Duration::seconds(30), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let mut a = node("a", NodeStatus::Succeeded, Some(json!({"n": 1})));
+    a.finished_at = Some(Utc::now());
+    let b = node("b", NodeStatus::Running, None);
+    // Duplicate entries of one node in a batch: the last wins.
+    let b_failed_then_running = NodeRun {
+        error: Some(RunError::new("x", "y")),
+        ..b.clone()
+    };
+    runs.apply(
+        run.id,
+        me,
+        &[a.clone(), b_failed_then_running, b.clone()],
+        RunCommit::Nodes,
+    )
+    .await
+    .unwrap();
+    let d = runs.get_run(owner, run.id).await.unwrap().unwrap();
+    assert_eq!(d.node_order, vec!["a", "b"]);
+    assert_eq!(d.nodes.len(), 2);
+    let stored_b = d.nodes.iter().find(|n| n.node_id == "b").unwrap();
+    assert_eq!(stored_b.status, NodeStatus::Running);
+    assert_eq!(stored_b.error, None);
+
+    // Another owner of the lease is refused.
+    let err = runs
+        .apply(
+            run.id,
+            Uuid::now_v7(),
+            std::slice::from_ref(&b),
+            RunCommit::Nodes,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RepoError::Conflict(_)));
+
+    // Release with a due time: claimable only when due, and the resume sees the node states.
+    let due = Utc::now() + Duration::seconds(60);
+    runs.apply(run.id, me, &[], RunCommit::Release { due_at: Some(due) })
+        .await
+        .unwrap();
+    assert!(
+        runs.claim(me, Utc::now(), Utc::now() + Duration::seconds(30), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let later = due + Duration::seconds(1);
+    let again = runs
+        .claim(me, later, later + Duration::seconds(30), 10)
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1);
+    assert!(!again[0].first_start);
+    assert_eq!(
+        again[0].run.deadline_at,
+        Some(deadline),
+        "the deadline is kept across claims"
+    );
+    assert_eq!(again[0].nodes.len(), 2);
+    assert_eq!(
+        again[0]
+            .nodes
+            .iter()
+            .find(|n| n.node_id == "a")
+            .unwrap()
+            .output,
+        Some(json!({"n": 1}))
+    );
+
+    let mut b_done = b.clone();
+    b_done.status = NodeStatus::Succeeded;
+    b_done.output = Some(json!("ok"));
+    runs.apply(
+        run.id,
+        me,
+        &[b_done],
+        RunCommit::Finish {
+            status: RunStatus::Succeeded,
+            output: Some(json!({"b": "ok"})),
+            error: None,
+            at: Utc::now(),
+        },
+    )
+    .await
+    .unwrap();
+    let d = runs.get_run(owner, run.id).await.unwrap().unwrap();
+    assert_eq!(d.run.status, RunStatus::Succeeded);
+    assert_eq!(d.run.output, Some(json!({"b": "ok"})));
+    assert!(d.run.finished_at.is_some());
+    assert!(matches!(
+        runs.apply(run.id, me, &[], RunCommit::Nodes).await,
+        Err(RepoError::Conflict(_))
+    ));
+}
+
+#[tokio::test]
+async fn rescue_requeues_expired_leases_and_abandons_after_the_cap() {
+    let (_db, repo, runs, owner) = setup().await;
+    let id = pipeline(&repo, owner, None).await;
+    let run = runs
+        .create_run(owner, id, json!({}), Utc::now())
+        .await
+        .unwrap()
+        .unwrap();
+    let t0 = Utc::now();
+    let dead = Uuid::now_v7();
+    runs.claim(dead, t0, t0 + Duration::seconds(30), 1)
+        .await
+        .unwrap();
+    // Not expired yet.
+    assert_eq!(
+        runs.rescue_stale(t0 + Duration::seconds(10), 1)
+            .await
+            .unwrap()
+            .requeued
+            .len(),
+        0
+    );
+    // Heartbeats keep it alive.
+    let held = runs
+        .heartbeat(dead, &[run.id], t0 + Duration::seconds(60))
+        .await
+        .unwrap();
+    assert_eq!(held.len(), 1);
+    assert_eq!(
+        runs.rescue_stale(t0 + Duration::seconds(45), 1)
+            .await
+            .unwrap()
+            .requeued
+            .len(),
+        0
+    );
+    let report = runs
+        .rescue_stale(t0 + Duration::seconds(61), 1)
+        .await
+        .unwrap();
+    assert_eq!(report.requeued, vec![run.id]);
+    assert!(
+        runs.heartbeat(dead, &[run.id], t0 + Duration::seconds(90))
+            .await
+            .unwrap()
+            .is_empty(),
+        "the lease is gone"
+    );
+    // Claimed again, dies again: over the cap it is abandoned.
+    let t1 = t0 + Duration::seconds(62);
+    assert_eq!(
+        runs.claim(Uuid::now_v7(), t1, t1 + Duration::seconds(30), 1)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let report = runs
+        .rescue_stale(t1 + Duration::seconds(31), 1)
+        .await
+        .unwrap();
+    assert_eq!(report.abandoned, vec![(run.id, owner)]);
+    let d = runs.get_run(owner, run.id).await.unwrap().unwrap();
+    assert_eq!(d.run.status, RunStatus::Failed);
+    assert_eq!(d.run.error.unwrap().code, "abandoned");
+}
+
+#[tokio::test]
+async fn cancel_flags_leased_runs_and_cancels_unleased_ones_at_once() {
+    let (db, repo, runs, owner) = setup().await;
+    let id = pipeline(&repo, owner, None).await;
+    let leased = runs
+        .create_run(owner, id, json!({}), Utc::now())
+        .await
+        .unwrap()
+        .unwrap();
+    let me = Uuid::now_v7();
+    let now = Utc::now();
+    runs.claim(me, now, now + Duration::seconds(30), 1)
+        .await
+        .unwrap();
+    let queued = runs
+        .create_run(owner, id, json!({}), Utc::now())
+        .await
+        .unwrap()
+        .unwrap();
+    let stranger = user(&db).await;
+    assert!(
+        runs.request_cancel(stranger, leased.id, Utc::now())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        runs.request_cancel(owner, leased.id, Utc::now())
+            .await
+            .unwrap(),
+        Some(CancelOutcome::Requested)
+    );
+    let held = runs
+        .heartbeat(me, &[leased.id], Utc::now() + Duration::seconds(30))
+        .await
+        .unwrap();
+    assert!(held[0].cancel_requested);
+    match runs
+        .request_cancel(owner, queued.id, Utc::now())
+        .await
+        .unwrap()
+    {
+        Some(CancelOutcome::CancelledNow(r)) => assert_eq!(r.status, RunStatus::Cancelled),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        runs.request_cancel(owner, queued.id, Utc::now())
+            .await
+            .unwrap(),
+        Some(CancelOutcome::AlreadyFinished(RunStatus::Cancelled))
+    );
+    assert!(
+        runs.claim(me, Utc::now(), Utc::now() + Duration::seconds(30), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
