@@ -1,0 +1,30 @@
+//! gathering-llm: chat-model providers over real HTTP (OpenAI-compatible: OpenAI, DeepSeek,
+//! Ollama; Anthropic), provider settings with keys encrypted at rest, and the agent runtime
+//! (persona, memory, sessions, tool calls) and circles built on them.
+
+pub mod anthropic;
+pub mod breaker;
+pub mod circles;
+pub mod config;
+pub mod crypto;
+pub mod error;
+pub mod http;
+pub mod model;
+pub mod openai;
+pub mod service;
+pub mod settings;
+pub mod sse;
+pub mod test_support;
+pub mod wiring;
+
+pub use breaker::{BreakerSettings, CircuitBreaker};
+pub use circles::CircleService;
+pub use config::{LlmConfig, ProviderConfig};
+pub use crypto::{SecretKey, load_or_create_key};
+pub use error::LlmError;
+pub use model::{
+    ChatModel, ChatRequest, ChatResponse, DeltaStream, Message, StreamDelta, ToolCall, ToolSchema,
+};
+pub use service::{AgentService, ChatOutcome, HttpModelFactory, ModelFactory, ToolCatalog};
+pub use settings::{Credentials, ProviderView, SettingsService};
+pub use wiring::{LlmServices, settings_key};
