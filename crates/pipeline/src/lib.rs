@@ -1,0 +1,20 @@
+//! The pipeline engine: definition validation (petgraph), templates and CEL conditions, the
+//! durable executor (claims runs under a lease, runs ready nodes concurrently, retries with
+//! backoff, per-target circuit breakers, timeouts, cancellation, durable delay timers) and the
+//! [`service::PipelineService`] used by the HTTP layer and the scheduler.
+
+pub mod condition;
+pub mod error;
+pub mod template;
+pub mod validate;
+
+pub use error::PipelineError;
+pub mod breaker;
+pub mod executor;
+pub mod memory;
+pub mod retry;
+pub mod service;
+
+pub mod settings;
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,959 @@
+//! Engine tests against the in-memory repositories and fake tools/agents.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use crate::executor::{Executor, ExecutorConfig, ExecutorDeps};
+use crate::memory::MemoryStore;
+use crate::retry::Sleeper;
+use crate::service::{CreatePipeline, PatchPipeline, PipelineService};
+use async_trait::async_trait;
+use chrono::Utc;
+use gathering_domain::agents::{AgentError, AgentOutput, AgentRequest, AgentRunner, Usage};
+use gathering_domain::events::{Event, EventPublisher};
+use gathering_domain::notify::{ListenerEvent, Notifier};
+use gathering_domain::pipeline::{NodeRun, NodeStatus, PipelineDefinition, RunDetail, RunStatus};
+use gathering_domain::tools::{ToolContext, ToolError, ToolInvoker};
+use gathering_domain::{Clock, ErrorCode, ManualClock, PageRequest, RepoError, SystemClock};
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+const LIMIT: Duration = Duration::from_secs(10);
+
+#[derive(Default)]
+struct FakeTools {
+    calls: Mutex<Vec<(String, Value, Option<String>)>>,
+    flaky_left: AtomicU32,
+    slow_started: Notify,
+    slow_dropped: AtomicBool,
+    slow_succeeds: AtomicBool,
+    slow_release: Notify,
+    barrier: Mutex<Option<Arc<tokio::sync::Barrier>>>,
+}
+
+struct DropFlag<'a>(&'a AtomicBool);
+impl Drop for DropFlag<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+impl FakeTools {
+    fn names(&self) -> Vec<String> {
+        self.calls.lock().iter().map(|c| c.0.clone()).collect()
+    }
+    fn count(&self, name: &str) -> usize {
+        self.calls.lock().iter().filter(|c| c.0 == name).count()
+    }
+}
+
+#[async_trait]
+impl ToolInvoker for FakeTools {
+    async fn invoke(
+        &self,
+        ctx: &ToolContext,
+        name: &str,
+        params: Value,
+    ) -> Result<Value, ToolError> {
+        self.calls
+            .lock()
+            .push((name.to_owned(), params.clone(), ctx.idempotency_key.clone()));
+        match name {
+            "echo" | "echo2" | "echo3" => Ok(params),
+            "flaky" => {
+                if self.flaky_left.load(Ordering::SeqCst) > 0 {
+                    self.flaky_left.fetch_sub(1, Ordering::SeqCst);
+                    Err(ToolError::Failed {
+                        message: "503 from upstream".into(),
+                        retryable: true,
+                        status: Some(503),
+                    })
+                } else {
+                    Ok(json!({"ok": true}))
+                }
+            }
+            "fail4xx" => Err(ToolError::Failed {
+                message: "404 not found".into(),
+                retryable: false,
+                status: Some(404),
+            }),
+            "fail5xx" => Err(ToolError::Failed {
+                message: "500 boom".into(),
+                retryable: true,
+                status: Some(500),
+            }),
+            "barrier" => {
+                let b = self.barrier.lock().clone().unwrap();
+                b.wait().await;
+                Ok(params)
+            }
+            "slow" => {
+                let _guard = DropFlag(&self.slow_dropped);
+                self.slow_started.notify_one();
+                if self.slow_succeeds.load(Ordering::SeqCst) {
+                    return Ok(json!({"slow": "done"}));
+                }
+                self.slow_release.notified().await;
+                Ok(json!({"slow": "released"}))
+            }
+            other => Err(ToolError::UnknownTool(other.to_owned())),
+        }
+    }
+}
+
+#[derive(Default)]
+struct RecEvents(Mutex<Vec<Event>>);
+impl EventPublisher for RecEvents {
+    fn publish(&self, event: Event) {
+        self.0.lock().push(event);
+    }
+}
+impl RecEvents {
+    fn kinds(&self) -> Vec<String> {
+        self.0.lock().iter().map(|e| e.kind.clone()).collect()
+    }
+}
+
+/// Moves the manual clock instead of sleeping; records every wait.
+struct ClockSleeper {
+    clock: Option<Arc<ManualClock>>,
+    slept: Mutex<Vec<Duration>>,
+}
+#[async_trait]
+impl Sleeper for ClockSleeper {
+    async fn sleep(&self, d: Duration) {
+        self.slept.lock().push(d);
+        if let Some(c) = &self.clock {
+            c.advance(chrono::Duration::from_std(d).unwrap());
+        }
+    }
+}
+
+/// Delivers NOTIFYs in-process to the executor, like the LISTEN loop would.
+#[derive(Default)]
+struct LoopbackNotifier(Mutex<Option<Executor>>);
+#[async_trait]
+impl Notifier for LoopbackNotifier {
+    async fn notify(&self, channel: &str, payload: &str) -> Result<(), RepoError> {
+        if let Some(e) = self.0.lock().clone() {
+            e.handle_listener_event(&ListenerEvent::Notification {
+                channel: channel.to_owned(),
+                payload: payload.to_owned(),
+            });
+        }
+        Ok(())
+    }
+}
+
+struct FakeAgent;
+#[async_trait]
+impl AgentRunner for FakeAgent {
+    async fn run(&self, req: AgentRequest) -> Result<AgentOutput, AgentError> {
+        Ok(AgentOutput {
+            text: format!("echo: {}", req.prompt),
+            usage: Usage {
+                prompt_tokens: 3,
+                completion_tokens: 2,
+            },
+            session_id: None,
+        })
+    }
+}
+
+struct H {
+    store: Arc<MemoryStore>,
+    tools: Arc<FakeTools>,
+    events: Arc<RecEvents>,
+    manual: Option<Arc<ManualClock>>,
+    sleeper: Arc<ClockSleeper>,
+    exec: Executor,
+    svc: PipelineService,
+    owner: Uuid,
+}
+
+fn cfg() -> ExecutorConfig {
+    ExecutorConfig {
+        breaker_failures: 3,
+        ..ExecutorConfig::default()
+    }
+}
+
+fn harness_with(manual: bool, cfg: ExecutorConfig, agents: Option<Arc<dyn AgentRunner>>) -> H {
+    let store = Arc::new(MemoryStore::new());
+    let tools = Arc::new(FakeTools::default());
+    let events = Arc::new(RecEvents::default());
+    let manual = manual.then(|| Arc::new(ManualClock::new(Utc::now())));
+    let clock: Arc<dyn Clock> = match &manual {
+        Some(m) => m.clone(),
+        None => Arc::new(SystemClock),
+    };
+    let sleeper = Arc::new(ClockSleeper {
+        clock: manual.clone(),
+        slept: Mutex::new(Vec::new()),
+    });
+    let exec = Executor::with_sleeper(
+        ExecutorDeps {
+            runs: store.clone(),
+            tools: tools.clone(),
+            agents,
+            events: events.clone(),
+            clock: clock.clone(),
+        },
+        cfg,
+        sleeper.clone(),
+    );
+    let notifier = Arc::new(LoopbackNotifier::default());
+    *notifier.0.lock() = Some(exec.clone());
+    let svc = PipelineService::new(
+        store.clone(),
+        store.clone(),
+        events.clone(),
+        Some(notifier),
+        clock,
+    );
+    H {
+        store,
+        tools,
+        events,
+        manual,
+        sleeper,
+        exec,
+        svc,
+        owner: Uuid::now_v7(),
+    }
+}
+
+fn harness() -> H {
+    harness_with(false, cfg(), None)
+}
+
+impl H {
+    async fn start(&self, def: Value, input: Value) -> Uuid {
+        let definition: PipelineDefinition = serde_json::from_value(def).unwrap();
+        let p = self
+            .svc
+            .create(
+                self.owner,
+                CreatePipeline {
+                    name: "p".into(),
+                    description: None,
+                    definition,
+                },
+            )
+            .await
+            .unwrap();
+        self.svc
+            .start_run(self.owner, p.id, input)
+            .await
+            .unwrap()
+            .id
+    }
+    async fn idle(&self) {
+        tokio::time::timeout(LIMIT, self.exec.run_until_idle())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    async fn detail(&self, run: Uuid) -> RunDetail {
+        self.svc.get_run(self.owner, run).await.unwrap()
+    }
+    async fn node(&self, run: Uuid, id: &str) -> NodeRun {
+        self.detail(run)
+            .await
+            .all_nodes()
+            .into_iter()
+            .find(|n| n.node_id == id)
+            .unwrap()
+    }
+}
+
+fn action(id: &str, tool: &str, params: Value) -> Value {
+    json!({"id": id, "type": "action", "config": {"tool": tool, "params": params}})
+}
+
+#[tokio::test]
+async fn linear_pipeline_runs_in_order_and_passes_outputs_downstream() {
+    let h = harness();
+    let run = h
+        .start(
+            json!({
+                "nodes": [
+                    {"id": "start", "type": "trigger"},
+                    action("a", "echo", json!({"x": "{{input.n}}", "obj": "{{input}}"})),
+                    action("b", "echo2", json!({"y": "{{nodes.a.output.x}}", "s": "n={{nodes.a.output.x}}"}))
+                ],
+                "edges": [{"from": "start", "to": "a"}, {"from": "a", "to": "b"}]
+            }),
+            json!({"n": 7}),
+        )
+        .await;
+    h.idle().await;
+    let d = h.detail(run).await;
+    assert_eq!(d.run.status, RunStatus::Succeeded, "{:?}", d.run.error);
+    assert_eq!(h.tools.names(), vec!["echo", "echo2"]);
+    let b = h.node(run, "b").await;
+    assert_eq!(b.output, Some(json!({"y": 7, "s": "n=7"})));
+    assert_eq!(
+        h.node(run, "a").await.output.unwrap()["obj"],
+        json!({"n": 7})
+    );
+    assert_eq!(d.run.output, Some(json!({"b": {"y": 7, "s": "n=7"}})));
+    assert!(
+        d.all_nodes()
+            .iter()
+            .all(|n| n.status == NodeStatus::Succeeded)
+    );
+    let kinds = h.events.kinds();
+    assert_eq!(kinds.first().map(String::as_str), Some("run.queued"));
+    assert_eq!(kinds.get(1).map(String::as_str), Some("run.started"));
+    assert_eq!(kinds.last().map(String::as_str), Some("run.finished"));
+    assert_eq!(kinds.iter().filter(|k| *k == "node.succeeded").count(), 3);
+    assert!(h.events.0.lock().iter().all(|e| e.user_id == h.owner));
+}
+
+#[tokio::test]
+async fn condition_picks_an_edge_and_skips_nodes_reachable_only_through_untaken_edges() {
+    let h = harness();
+    let def = json!({
+        "nodes": [
+            {"id": "start", "type": "trigger"},
+            {"id": "check", "type": "condition", "config": {"expression": "input.n > 5"}},
+            action("yes", "echo", json!({})),
+            action("after_yes", "echo", json!({})),
+            action("no", "echo2", json!({})),
+            action("after_no", "echo2", json!({})),
+            action("join", "echo3", json!({"from_yes": "{{nodes.after_yes.output}}", "from_no": "{{nodes.after_no.output}}"}))
+        ],
+        "edges": [
+            {"from": "start", "to": "check"},
+            {"from": "check", "to": "yes", "when": true}, {"from": "yes", "to": "after_yes"},
+            {"from": "check", "to": "no", "when": false}, {"from": "no", "to": "after_no"},
+            {"from": "after_yes", "to": "join"}, {"from": "after_no", "to": "join"}
+        ]
+    });
+    let run = h.start(def, json!({"n": 9})).await;
+    h.idle().await;
+    let d = h.detail(run).await;
+    assert_eq!(d.run.status, RunStatus::Succeeded, "{:?}", d.run.error);
+    assert_eq!(h.node(run, "check").await.output, Some(json!(true)));
+    assert_eq!(h.node(run, "no").await.status, NodeStatus::Skipped);
+    assert_eq!(h.node(run, "after_no").await.status, NodeStatus::Skipped);
+    assert_eq!(h.node(run, "join").await.status, NodeStatus::Succeeded);
+    assert_eq!(h.tools.count("echo2"), 0);
+    assert_eq!(h.tools.names(), vec!["echo", "echo", "echo3"]);
+    assert!(h.events.kinds().contains(&"node.skipped".to_owned()));
+}
+
+#[tokio::test]
+async fn successors_of_a_parallel_node_run_concurrently() {
+    let h = harness();
+    *h.tools.barrier.lock() = Some(Arc::new(tokio::sync::Barrier::new(2)));
+    let run = h
+        .start(
+            json!({
+                "nodes": [
+                    {"id": "start", "type": "trigger"}, {"id": "fan", "type": "parallel"},
+                    action("a", "barrier", json!({"v": 1})), action("b", "barrier", json!({"v": 2})),
+                    action("join", "echo", json!({"a": "{{nodes.a.output.v}}", "b": "{{nodes.b.output.v}}"}))
+                ],
+                "edges": [{"from": "start", "to": "fan"}, {"from": "fan", "to": "a"}, {"from": "fan", "to": "b"},
+                          {"from": "a", "to": "join"}, {"from": "b", "to": "join"}]
+            }),
+            json!({}),
+        )
+        .await;
+    // Both barrier nodes must be in flight at once, or the run never finishes.
+    h.idle().await;
+    assert_eq!(
+        h.node(run, "join").await.output,
+        Some(json!({"a": 1, "b": 2}))
+    );
+}
+
+#[tokio::test]
+async fn retryable_failures_are_retried_with_exponential_backoff_then_succeed() {
+    let h = harness_with(true, cfg(), None);
+    h.tools.flaky_left.store(2, Ordering::SeqCst);
+    let mut node = action("f", "flaky", json!({}));
+    node["retry"] = json!({"max_attempts": 3, "initial_backoff_ms": 100, "multiplier": 2.0, "max_backoff_ms": 1000});
+    let run = h
+        .start(json!({"nodes": [node], "edges": []}), json!({}))
+        .await;
+    h.idle().await;
+    let f = h.node(run, "f").await;
+    assert_eq!(f.status, NodeStatus::Succeeded);
+    assert_eq!(f.attempts, 3);
+    let slept: Vec<u128> = h
+        .sleeper
+        .slept
+        .lock()
+        .iter()
+        .map(|d| d.as_millis())
+        .collect();
+    assert_eq!(slept.len(), 2);
+    assert!((50..=100).contains(&slept[0]), "{slept:?}");
+    assert!((100..=200).contains(&slept[1]), "{slept:?}");
+    assert!(h.manual.is_some());
+    assert_eq!(
+        h.events
+            .kinds()
+            .iter()
+            .filter(|k| *k == "node.retrying")
+            .count(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn retries_stop_at_max_attempts_and_the_run_fails_with_the_node_error() {
+    let h = harness_with(
+        true,
+        ExecutorConfig {
+            breaker_failures: 100,
+            ..cfg()
+        },
+        None,
+    );
+    let mut node = action("f", "fail5xx", json!({}));
+    node["retry"] = json!({"max_attempts": 4, "initial_backoff_ms": 10});
+    let run = h
+        .start(json!({"nodes": [node], "edges": []}), json!({}))
+        .await;
+    h.idle().await;
+    let d = h.detail(run).await;
+    assert_eq!(d.run.status, RunStatus::Failed);
+    assert_eq!(d.run.error.as_ref().unwrap().code, "tool_failed");
+    assert!(d.run.error.unwrap().message.contains("`f`"));
+    assert_eq!(h.node(run, "f").await.attempts, 4);
+    assert_eq!(h.tools.count("fail5xx"), 4);
+}
+
+#[tokio::test]
+async fn non_retryable_failures_are_not_retried() {
+    let h = harness_with(true, cfg(), None);
+    let mut node = action("f", "fail4xx", json!({}));
+    node["retry"] = json!({"max_attempts": 5});
+    let run = h
+        .start(json!({"nodes": [node], "edges": []}), json!({}))
+        .await;
+    h.idle().await;
+    assert_eq!(h.detail(run).await.run.status, RunStatus::Failed);
+    assert_eq!(h.tools.count("fail4xx"), 1);
+    assert!(h.sleeper.slept.lock().is_empty());
+}
+
+#[tokio::test]
+async fn breaker_opens_after_consecutive_failures_and_later_runs_fail_fast() {
+    let h = harness_with(true, cfg(), None);
+    let mut node = action("f", "fail5xx", json!({}));
+    node["retry"] = json!({"max_attempts": 3, "initial_backoff_ms": 1});
+    let def = json!({"nodes": [node], "edges": []});
+    let first = h.start(def.clone(), json!({})).await;
+    h.idle().await;
+    assert_eq!(h.tools.count("fail5xx"), 3);
+    assert_eq!(h.node(first, "f").await.error.unwrap().code, "tool_failed");
+    let second = h.start(def.clone(), json!({})).await;
+    h.idle().await;
+    let f = h.node(second, "f").await;
+    assert_eq!(f.error.unwrap().code, "circuit_open");
+    assert_eq!(f.attempts, 1);
+    assert_eq!(h.tools.count("fail5xx"), 3, "an open circuit makes no call");
+    // After the cooldown a half-open probe goes through (and fails again here).
+    h.manual
+        .as_ref()
+        .unwrap()
+        .advance(chrono::Duration::seconds(31));
+    let third = h.start(def, json!({})).await;
+    h.idle().await;
+    assert_eq!(h.tools.count("fail5xx"), 4, "exactly one probe call");
+    let f = h.node(third, "f").await;
+    assert_eq!(
+        f.error.unwrap().code,
+        "circuit_open",
+        "the failed probe reopened the circuit"
+    );
+}
+
+#[tokio::test]
+async fn node_timeout_fails_the_node_and_times_the_run_out() {
+    let h = harness();
+    let mut node = action("s", "slow", json!({}));
+    node["timeout_ms"] = json!(50);
+    let run = h
+        .start(json!({"nodes": [node], "edges": []}), json!({}))
+        .await;
+    h.idle().await;
+    let d = h.detail(run).await;
+    assert_eq!(d.run.status, RunStatus::TimedOut);
+    let s = h.node(run, "s").await;
+    assert_eq!(s.status, NodeStatus::Failed);
+    assert_eq!(s.error.unwrap().code, "timed_out");
+    assert!(h.tools.slow_dropped.load(Ordering::SeqCst));
+}
+
+#[tokio::test]
+async fn run_timeout_cancels_running_nodes() {
+    let h = harness();
+    let run = h
+        .start(
+            json!({"nodes": [{"id": "t", "type": "trigger"}, action("s", "slow", json!({})), action("after", "echo", json!({}))],
+                   "edges": [{"from": "t", "to": "s"}, {"from": "s", "to": "after"}], "timeout_ms": 100}),
+            json!({}),
+        )
+        .await;
+    h.idle().await;
+    let d = h.detail(run).await;
+    assert_eq!(d.run.status, RunStatus::TimedOut);
+    assert_eq!(d.run.error.unwrap().code, "timed_out");
+    assert_eq!(h.node(run, "s").await.status, NodeStatus::Cancelled);
+    assert_eq!(h.node(run, "after").await.status, NodeStatus::Cancelled);
+    assert!(h.tools.slow_dropped.load(Ordering::SeqCst));
+    assert_eq!(h.tools.count("echo"), 0);
+}
+
+#[tokio::test]
+async fn cancel_stops_running_nodes_and_starts_no_more() {
+    let h = harness();
+    let run = h
+        .start(
+            json!({"nodes": [{"id": "t", "type": "trigger"}, action("s", "slow", json!({})), action("after", "echo", json!({}))],
+                   "edges": [{"from": "t", "to": "s"}, {"from": "s", "to": "after"}]}),
+            json!({}),
+        )
+        .await;
+    let exec = h.exec.clone();
+    let driving = tokio::spawn(async move { exec.run_until_idle().await });
+    tokio::time::timeout(LIMIT, h.tools.slow_started.notified())
+        .await
+        .unwrap();
+    h.svc.cancel(h.owner, run).await.unwrap();
+    tokio::time::timeout(LIMIT, driving)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let d = h.detail(run).await;
+    assert_eq!(d.run.status, RunStatus::Cancelled);
+    assert_eq!(h.node(run, "s").await.status, NodeStatus::Cancelled);
+    assert_eq!(h.node(run, "after").await.status, NodeStatus::Cancelled);
+    assert!(
+        h.tools.slow_dropped.load(Ordering::SeqCst),
+        "the running tool future was dropped"
+    );
+    assert_eq!(h.tools.count("echo"), 0);
+    // Cancelling again: the run has finished.
+    assert_eq!(
+        h.svc.cancel(h.owner, run).await.unwrap_err().code(),
+        "run_finished"
+    );
+}
+
+#[tokio::test]
+async fn cancelling_a_queued_run_cancels_it_at_once() {
+    let h = harness();
+    let run = h
+        .start(
+            json!({"nodes": [action("a", "echo", json!({}))], "edges": []}),
+            json!({}),
+        )
+        .await;
+    h.svc.cancel(h.owner, run).await.unwrap();
+    assert_eq!(h.detail(run).await.run.status, RunStatus::Cancelled);
+    assert_eq!(h.exec.run_until_idle().await.unwrap(), 0);
+    assert_eq!(h.tools.count("echo"), 0);
+}
+
+#[tokio::test]
+async fn delay_releases_the_worker_and_resumes_when_due() {
+    let h = harness_with(true, cfg(), None);
+    let run = h
+        .start(
+            json!({"nodes": [{"id": "t", "type": "trigger"}, {"id": "wait", "type": "delay", "config": {"ms": 60000}}, action("a", "echo", json!({}))],
+                   "edges": [{"from": "t", "to": "wait"}, {"from": "wait", "to": "a"}]}),
+            json!({}),
+        )
+        .await;
+    h.idle().await;
+    let d = h.detail(run).await;
+    assert_eq!(d.run.status, RunStatus::Running);
+    assert_eq!(
+        h.store.lease_owner(run),
+        None,
+        "no worker holds a waiting run"
+    );
+    let wait = h.node(run, "wait").await;
+    assert_eq!(wait.status, NodeStatus::Running);
+    assert_eq!(h.store.due_at(run), wait.wake_at);
+    assert_eq!(h.tools.count("echo"), 0);
+    // Not due yet: nothing to claim.
+    assert_eq!(h.exec.run_until_idle().await.unwrap(), 0);
+    h.manual
+        .as_ref()
+        .unwrap()
+        .advance(chrono::Duration::seconds(61));
+    h.idle().await;
+    assert_eq!(h.detail(run).await.run.status, RunStatus::Succeeded);
+    assert_eq!(h.tools.count("echo"), 1);
+}
+
+#[tokio::test]
+async fn after_a_crash_completed_nodes_are_not_rerun_and_the_mid_flight_node_reruns_with_its_key() {
+    let h = harness_with(true, cfg(), None);
+    let run = h
+        .start(
+            json!({"nodes": [action("a", "echo", json!({"v": 1})), action("b", "slow", json!({"from_a": "{{nodes.a.output.v}}"}))],
+                   "edges": [{"from": "a", "to": "b"}]}),
+            json!({}),
+        )
+        .await;
+    let exec = h.exec.clone();
+    let crashed = tokio::spawn(async move { exec.run_until_idle().await });
+    tokio::time::timeout(LIMIT, h.tools.slow_started.notified())
+        .await
+        .unwrap();
+    crashed.abort(); // the instance dies: no release, the lease stays
+    let _ = crashed.await;
+    assert!(h.store.lease_owner(run).is_some());
+    // A second instance: nothing to claim while the lease is valid; the rescuer requeues it later.
+    let other = harness_peer(&h);
+    assert_eq!(other.run_until_idle().await.unwrap(), 0);
+    h.manual
+        .as_ref()
+        .unwrap()
+        .advance(chrono::Duration::seconds(31));
+    let report = other.rescue_stale().await.unwrap();
+    assert_eq!(report.requeued, vec![run]);
+    h.tools.slow_succeeds.store(true, Ordering::SeqCst);
+    tokio::time::timeout(LIMIT, other.run_until_idle())
+        .await
+        .unwrap()
+        .unwrap();
+    let d = h.detail(run).await;
+    assert_eq!(d.run.status, RunStatus::Succeeded, "{:?}", d.run.error);
+    assert_eq!(h.tools.count("echo"), 1, "completed node not re-run");
+    let keys: Vec<Option<String>> = h
+        .tools
+        .calls
+        .lock()
+        .iter()
+        .filter(|c| c.0 == "slow")
+        .map(|c| c.2.clone())
+        .collect();
+    assert_eq!(keys.len(), 2);
+    assert_eq!(keys[0], Some(format!("{run}:b")));
+    assert_eq!(keys[0], keys[1]);
+    assert_eq!(h.node(run, "b").await.attempts, 2);
+}
+
+#[tokio::test]
+async fn runs_rescued_too_often_are_abandoned() {
+    let h = harness_with(
+        true,
+        ExecutorConfig {
+            max_rescues: 1,
+            ..cfg()
+        },
+        None,
+    );
+    let run = h
+        .start(
+            json!({"nodes": [action("s", "slow", json!({}))], "edges": []}),
+            json!({}),
+        )
+        .await;
+    for _ in 0..2 {
+        let exec = h.exec.clone();
+        let t = tokio::spawn(async move { exec.run_until_idle().await });
+        tokio::time::timeout(LIMIT, h.tools.slow_started.notified())
+            .await
+            .unwrap();
+        t.abort();
+        let _ = t.await;
+        h.manual
+            .as_ref()
+            .unwrap()
+            .advance(chrono::Duration::seconds(31));
+        h.exec.rescue_stale().await.unwrap();
+    }
+    let d = h.detail(run).await;
+    assert_eq!(d.run.status, RunStatus::Failed);
+    assert_eq!(d.run.error.unwrap().code, "abandoned");
+}
+
+fn harness_peer(h: &H) -> Executor {
+    Executor::with_sleeper(
+        ExecutorDeps {
+            runs: h.store.clone(),
+            tools: h.tools.clone(),
+            agents: None,
+            events: h.events.clone(),
+            clock: h.manual.clone().unwrap(),
+        },
+        cfg(),
+        h.sleeper.clone(),
+    )
+}
+
+#[tokio::test]
+async fn agent_node_without_a_runner_fails_clearly() {
+    let h = harness();
+    let run = h
+        .start(
+            json!({"nodes": [{"id": "ag", "type": "agent", "config": {"agent_id": Uuid::now_v7().to_string(), "prompt": "hi"}}], "edges": []}),
+            json!({}),
+        )
+        .await;
+    h.idle().await;
+    let ag = h.node(run, "ag").await;
+    assert_eq!(ag.status, NodeStatus::Failed);
+    let err = ag.error.unwrap();
+    assert_eq!(err.code, "agent_unavailable");
+    assert_eq!(err.message, "no agent runner configured");
+    assert_eq!(ag.output, None);
+}
+
+#[tokio::test]
+async fn agent_node_gets_a_templated_prompt_and_outputs_text_and_usage() {
+    let h = harness_with(false, cfg(), Some(Arc::new(FakeAgent)));
+    let run = h
+        .start(
+            json!({"nodes": [{"id": "t", "type": "trigger"},
+                             {"id": "ag", "type": "agent", "config": {"agent_id": Uuid::now_v7().to_string(), "prompt": "hello {{nodes.t.output.who}}"}}],
+                   "edges": [{"from": "t", "to": "ag"}]}),
+            json!({"who": "ada"}),
+        )
+        .await;
+    h.idle().await;
+    let ag = h.node(run, "ag").await;
+    assert_eq!(
+        ag.output,
+        Some(
+            json!({"text": "echo: hello ada", "usage": {"prompt_tokens": 3, "completion_tokens": 2}})
+        )
+    );
+}
+
+#[tokio::test]
+async fn graceful_stop_lets_in_flight_nodes_finish_and_releases_the_lease() {
+    let h = harness_with(
+        false,
+        ExecutorConfig {
+            poll_interval: Duration::from_millis(20),
+            ..cfg()
+        },
+        None,
+    );
+    let run = h
+        .start(
+            json!({"nodes": [action("s", "slow", json!({})), action("after", "echo", json!({}))],
+                   "edges": [{"from": "s", "to": "after"}]}),
+            json!({}),
+        )
+        .await;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let handle = h.exec.spawn(shutdown.clone(), None);
+    tokio::time::timeout(LIMIT, h.tools.slow_started.notified())
+        .await
+        .unwrap();
+    // The node is in flight; it finishes soon after the stop begins.
+    shutdown.cancel();
+    tokio::time::timeout(LIMIT, async {
+        while !h.exec.is_draining() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap();
+    // Give the driver a moment to observe the drain before the node completes.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    h.tools.slow_release.notify_one();
+    tokio::time::timeout(LIMIT, handle).await.unwrap().unwrap();
+    assert_eq!(
+        h.node(run, "s").await.status,
+        NodeStatus::Succeeded,
+        "in-flight node finished"
+    );
+    let d = h.detail(run).await;
+    assert_eq!(d.run.status, RunStatus::Running);
+    assert_eq!(h.store.lease_owner(run), None, "lease released on stop");
+    assert_eq!(h.tools.count("echo"), 0, "no node starts while stopping");
+}
+
+#[tokio::test]
+async fn spawned_executor_picks_up_queued_runs_on_notify() {
+    let h = harness_with(
+        false,
+        ExecutorConfig {
+            poll_interval: Duration::from_secs(3600),
+            ..cfg()
+        },
+        None,
+    );
+    let (tx, rx) = tokio::sync::broadcast::channel(16);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let handle = h.exec.spawn(shutdown.clone(), Some(rx));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let run = h
+        .start(
+            json!({"nodes": [action("a", "echo", json!({}))], "edges": []}),
+            json!({}),
+        )
+        .await;
+    tx.send(ListenerEvent::Notification {
+        channel: crate::executor::RUN_QUEUED_CHANNEL.into(),
+        payload: run.to_string(),
+    })
+    .unwrap();
+    tokio::time::timeout(LIMIT, async {
+        loop {
+            if h.detail(run).await.run.status == RunStatus::Succeeded {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap();
+    shutdown.cancel();
+    tokio::time::timeout(LIMIT, handle).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn service_rejects_invalid_definitions_and_stores_nothing() {
+    let h = harness();
+    let definition: PipelineDefinition = serde_json::from_value(
+        json!({"nodes": [{"id": "a", "type": "nope"}], "edges": [{"from": "a", "to": "b"}]}),
+    )
+    .unwrap();
+    let err = h
+        .svc
+        .create(
+            h.owner,
+            CreatePipeline {
+                name: " ".into(),
+                description: None,
+                definition,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "validation_failed");
+    let fields: Vec<String> = err.details().into_iter().map(|p| p.field).collect();
+    assert_eq!(fields, vec!["/name", "/nodes/0/type", "/edges/0/to"]);
+    assert!(
+        h.svc
+            .list(h.owner, PageRequest::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn updates_create_versions_and_runs_record_the_version_they_ran() {
+    let h = harness();
+    let definition: PipelineDefinition = serde_json::from_value(
+        json!({"nodes": [action("a", "echo", json!({"v": 1}))], "edges": []}),
+    )
+    .unwrap();
+    let p = h
+        .svc
+        .create(
+            h.owner,
+            CreatePipeline {
+                name: "p".into(),
+                description: None,
+                definition,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(p.version, 1);
+    let run1 = h.svc.start_run(h.owner, p.id, json!({})).await.unwrap();
+    let nodes = serde_json::from_value(json!([action("a", "echo", json!({"v": 2}))])).unwrap();
+    let p2 = h
+        .svc
+        .update(
+            h.owner,
+            p.id,
+            PatchPipeline {
+                nodes: Some(nodes),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(p2.version, 2);
+    let run2 = h.svc.start_run(h.owner, p.id, json!({})).await.unwrap();
+    h.idle().await;
+    assert_eq!(h.detail(run1.id).await.run.pipeline_version, 1);
+    assert_eq!(h.node(run1.id, "a").await.output, Some(json!({"v": 1})));
+    assert_eq!(h.node(run2.id, "a").await.output, Some(json!({"v": 2})));
+    // A PATCH with a cycle is refused and changes nothing.
+    let edges = serde_json::from_value(json!([{"from": "a", "to": "a"}])).unwrap();
+    let err = h
+        .svc
+        .update(
+            h.owner,
+            p.id,
+            PatchPipeline {
+                edges: Some(edges),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "cycle_detected");
+    assert_eq!(h.svc.get(h.owner, p.id).await.unwrap().version, 2);
+}
+
+#[tokio::test]
+async fn other_owners_see_nothing() {
+    let h = harness();
+    let run = h
+        .start(
+            json!({"nodes": [action("a", "echo", json!({}))], "edges": []}),
+            json!({}),
+        )
+        .await;
+    let pid = h.detail(run).await.run.pipeline_id;
+    let stranger = Uuid::now_v7();
+    assert_eq!(
+        h.svc.get(stranger, pid).await.unwrap_err().code(),
+        "not_found"
+    );
+    assert_eq!(
+        h.svc.get_run(stranger, run).await.unwrap_err().code(),
+        "not_found"
+    );
+    assert_eq!(
+        h.svc.cancel(stranger, run).await.unwrap_err().code(),
+        "not_found"
+    );
+    assert_eq!(
+        h.svc
+            .start_run(stranger, pid, json!({}))
+            .await
+            .unwrap_err()
+            .code(),
+        "not_found"
+    );
+    assert_eq!(
+        h.svc
+            .list_runs(stranger, pid, PageRequest::default())
+            .await
+            .unwrap_err()
+            .code(),
+        "not_found"
+    );
+    assert_eq!(
+        h.svc.delete(stranger, pid).await.unwrap_err().code(),
+        "not_found"
+    );
+    let _unused: HashMap<(), ()> = HashMap::new();
+}
