@@ -1,0 +1,630 @@
+//! Actions: the shape of each `action_config`, and how each action really runs.
+//!
+//! - `call_api` → the `http_request` tool (its SSRF guard and timeouts), retried on retryable
+//!   failures with bounded attempts and exponential backoff.
+//! - `send_notification` → the `send_notification` tool (stored, event, webhook).
+//! - `run_task` → the [`AgentRunner`]; without one the execution fails clearly.
+//! - `execute_pipeline` → the [`PipelineLauncher`]; the execution records the run id.
+
+use gathering_domain::FieldProblem;
+use gathering_domain::agents::{AgentRequest, AgentRunner};
+use gathering_domain::scheduler::{ActionType, Execution, PipelineLauncher, Schedule};
+use gathering_domain::tools::{ToolContext, ToolInvoker};
+use serde_json::{Map, Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+
+pub const HTTP_METHODS: [&str; 7] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
+/// Upper bound of `call_api.max_attempts`.
+pub const MAX_ATTEMPTS_LIMIT: u64 = 10;
+const HTTP_MAX_TIMEOUT_MS: u64 = 300_000;
+
+fn check_keys(obj: &Map<String, Value>, allowed: &[&str], out: &mut Vec<FieldProblem>) {
+    for k in obj.keys() {
+        if !allowed.contains(&k.as_str()) {
+            out.push(FieldProblem::new(
+                format!("/action_config/{k}"),
+                format!("unknown field; allowed: {}", allowed.join(", ")),
+            ));
+        }
+    }
+}
+
+fn required_str(
+    obj: &Map<String, Value>,
+    key: &str,
+    max: usize,
+    out: &mut Vec<FieldProblem>,
+) -> Option<String> {
+    match obj.get(key) {
+        Some(Value::String(s)) if !s.trim().is_empty() && s.chars().count() <= max => {
+            Some(s.clone())
+        }
+        Some(Value::String(_)) => {
+            out.push(FieldProblem::new(
+                format!("/action_config/{key}"),
+                format!("must be a non-empty string of at most {max} characters"),
+            ));
+            None
+        }
+        Some(_) => {
+            out.push(FieldProblem::new(
+                format!("/action_config/{key}"),
+                "must be a string",
+            ));
+            None
+        }
+        None => {
+            out.push(FieldProblem::new(
+                format!("/action_config/{key}"),
+                "is required",
+            ));
+            None
+        }
+    }
+}
+
+fn uuid_field(
+    obj: &Map<String, Value>,
+    key: &str,
+    required: bool,
+    out: &mut Vec<FieldProblem>,
+) -> Option<Uuid> {
+    match obj.get(key) {
+        None | Some(Value::Null) if !required => None,
+        Some(Value::String(s)) => match Uuid::parse_str(s) {
+            Ok(u) => Some(u),
+            Err(_) => {
+                out.push(FieldProblem::new(
+                    format!("/action_config/{key}"),
+                    "must be a UUID",
+                ));
+                None
+            }
+        },
+        None => {
+            out.push(FieldProblem::new(
+                format!("/action_config/{key}"),
+                "is required",
+            ));
+            None
+        }
+        Some(_) => {
+            out.push(FieldProblem::new(
+                format!("/action_config/{key}"),
+                "must be a UUID string",
+            ));
+            None
+        }
+    }
+}
+
+/// Checks `action_config` against the action type's shape; empty when valid.
+pub fn validate(action: ActionType, config: &Value) -> Vec<FieldProblem> {
+    let mut out = Vec::new();
+    let Some(obj) = config.as_object() else {
+        out.push(FieldProblem::new("/action_config", "must be an object"));
+        return out;
+    };
+    match action {
+        ActionType::CallApi => {
+            check_keys(
+                obj,
+                &[
+                    "url",
+                    "method",
+                    "headers",
+                    "body",
+                    "timeout_ms",
+                    "accept_status",
+                    "max_attempts",
+                ],
+                &mut out,
+            );
+            if let Some(url) = required_str(obj, "url", 8192, &mut out) {
+                let lower = url.to_ascii_lowercase();
+                if !(lower.starts_with("http://") || lower.starts_with("https://")) {
+                    out.push(FieldProblem::new(
+                        "/action_config/url",
+                        "must be an http:// or https:// URL",
+                    ));
+                }
+            }
+            match obj.get("method") {
+                None => {}
+                Some(Value::String(m))
+                    if HTTP_METHODS.contains(&m.to_ascii_uppercase().as_str()) => {}
+                Some(_) => out.push(FieldProblem::new(
+                    "/action_config/method",
+                    format!("must be one of {}", HTTP_METHODS.join(", ")),
+                )),
+            }
+            match obj.get("headers") {
+                None => {}
+                Some(Value::Object(h)) if h.values().all(Value::is_string) => {}
+                Some(_) => out.push(FieldProblem::new(
+                    "/action_config/headers",
+                    "must be an object of string values",
+                )),
+            }
+            match obj.get("timeout_ms") {
+                None => {}
+                Some(v)
+                    if v.as_u64()
+                        .is_some_and(|t| (1..=HTTP_MAX_TIMEOUT_MS).contains(&t)) => {}
+                Some(_) => out.push(FieldProblem::new(
+                    "/action_config/timeout_ms",
+                    format!("must be an integer from 1 to {HTTP_MAX_TIMEOUT_MS}"),
+                )),
+            }
+            match obj.get("accept_status") {
+                None => {}
+                Some(Value::Array(a))
+                    if a.iter()
+                        .all(|v| v.as_u64().is_some_and(|s| (100..=599).contains(&s))) => {}
+                Some(_) => out.push(FieldProblem::new(
+                    "/action_config/accept_status",
+                    "must be an array of HTTP status codes",
+                )),
+            }
+            match obj.get("max_attempts") {
+                None => {}
+                Some(v)
+                    if v.as_u64()
+                        .is_some_and(|n| (1..=MAX_ATTEMPTS_LIMIT).contains(&n)) => {}
+                Some(_) => out.push(FieldProblem::new(
+                    "/action_config/max_attempts",
+                    format!("must be an integer from 1 to {MAX_ATTEMPTS_LIMIT}"),
+                )),
+            }
+        }
+        ActionType::SendNotification => {
+            check_keys(obj, &["title", "message", "channel"], &mut out);
+            required_str(obj, "title", 200, &mut out);
+            required_str(obj, "message", 10_000, &mut out);
+            if obj.contains_key("channel") {
+                required_str(obj, "channel", 64, &mut out);
+            }
+        }
+        ActionType::RunTask => {
+            check_keys(obj, &["agent_id", "prompt", "session_id"], &mut out);
+            uuid_field(obj, "agent_id", true, &mut out);
+            required_str(obj, "prompt", 100_000, &mut out);
+            uuid_field(obj, "session_id", false, &mut out);
+        }
+        ActionType::ExecutePipeline => {
+            check_keys(obj, &["pipeline_id", "input"], &mut out);
+            uuid_field(obj, "pipeline_id", true, &mut out);
+        }
+    }
+    out
+}
+
+/// Retries of `call_api` on retryable tool failures (connection errors, timeouts, 429, 5xx).
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Attempts when the schedule does not set `max_attempts`.
+    pub default_attempts: u32,
+    pub base_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            default_attempts: 3,
+            base_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Wait before attempt `n + 1` after `n` failed attempts (n ≥ 1): base · 2^(n-1), capped.
+    pub fn backoff(&self, failed_attempts: u32) -> Duration {
+        let exp = failed_attempts.saturating_sub(1).min(20);
+        self.base_backoff
+            .saturating_mul(1u32 << exp)
+            .min(self.max_backoff)
+    }
+}
+
+/// The ports actions run through.
+#[derive(Clone)]
+pub struct ActionPorts {
+    pub tools: Arc<dyn ToolInvoker>,
+    pub agents: Option<Arc<dyn AgentRunner>>,
+    pub pipelines: Option<Arc<dyn PipelineLauncher>>,
+    pub retry: RetryPolicy,
+}
+
+/// What a successful action produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActionOutcome {
+    pub result: Value,
+    pub run_id: Option<Uuid>,
+}
+
+fn str_of(config: &Value, key: &str) -> Option<String> {
+    config.get(key).and_then(Value::as_str).map(str::to_owned)
+}
+
+fn uuid_of(config: &Value, key: &str) -> Result<Option<Uuid>, String> {
+    match config.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_str()
+            .and_then(|s| Uuid::parse_str(s).ok())
+            .map(Some)
+            .ok_or_else(|| format!("action_config.{key} is not a UUID")),
+    }
+}
+
+impl ActionPorts {
+    /// Runs the schedule's action for this execution. The error text is stored on the execution.
+    pub async fn perform(
+        &self,
+        schedule: &Schedule,
+        execution: &Execution,
+    ) -> Result<ActionOutcome, String> {
+        let config = &schedule.action_config;
+        let key = format!("schedule:{}:{}", schedule.id, execution.id);
+        let ctx = ToolContext {
+            user_id: schedule.owner_id,
+            is_admin: false,
+            idempotency_key: Some(key.clone()),
+            request_id: None,
+        };
+        match schedule.action_type {
+            ActionType::CallApi => self.call_api(&ctx, config).await,
+            ActionType::SendNotification => {
+                let mut params = Map::new();
+                for k in ["title", "message", "channel"] {
+                    if let Some(v) = config.get(k) {
+                        params.insert(k.to_owned(), v.clone());
+                    }
+                }
+                self.tools
+                    .invoke(&ctx, "send_notification", Value::Object(params))
+                    .await
+                    .map(|result| ActionOutcome {
+                        result,
+                        run_id: None,
+                    })
+                    .map_err(|e| format!("send_notification failed: {e}"))
+            }
+            ActionType::RunTask => {
+                let Some(runner) = &self.agents else {
+                    return Err("run_task failed: no agent runner configured".to_owned());
+                };
+                let agent_id = uuid_of(config, "agent_id")?
+                    .ok_or_else(|| "action_config.agent_id is required".to_owned())?;
+                let prompt = str_of(config, "prompt")
+                    .ok_or_else(|| "action_config.prompt is required".to_owned())?;
+                let out = runner
+                    .run(AgentRequest {
+                        owner_id: schedule.owner_id,
+                        agent_id,
+                        prompt,
+                        session_id: uuid_of(config, "session_id")?,
+                        idempotency_key: Some(key),
+                    })
+                    .await
+                    .map_err(|e| format!("run_task failed: {e}"))?;
+                Ok(ActionOutcome {
+                    result: json!({
+                        "text": out.text,
+                        "session_id": out.session_id,
+                        "usage": out.usage,
+                    }),
+                    run_id: None,
+                })
+            }
+            ActionType::ExecutePipeline => {
+                let Some(launcher) = &self.pipelines else {
+                    return Err(
+                        "execute_pipeline failed: no pipeline service configured".to_owned()
+                    );
+                };
+                let pipeline_id = uuid_of(config, "pipeline_id")?
+                    .ok_or_else(|| "action_config.pipeline_id is required".to_owned())?;
+                let input = config.get("input").cloned().unwrap_or_else(|| json!({}));
+                let run_id = launcher
+                    .launch(schedule.owner_id, pipeline_id, input)
+                    .await
+                    .map_err(|e| format!("execute_pipeline failed: {e}"))?;
+                Ok(ActionOutcome {
+                    result: json!({ "run_id": run_id }),
+                    run_id: Some(run_id),
+                })
+            }
+        }
+    }
+
+    async fn call_api(&self, ctx: &ToolContext, config: &Value) -> Result<ActionOutcome, String> {
+        let mut params = Map::new();
+        for k in ["url", "headers", "body", "timeout_ms", "accept_status"] {
+            if let Some(v) = config.get(k) {
+                params.insert(k.to_owned(), v.clone());
+            }
+        }
+        let method = str_of(config, "method")
+            .unwrap_or_else(|| "GET".to_owned())
+            .to_ascii_uppercase();
+        params.insert("method".to_owned(), Value::String(method));
+        let params = Value::Object(params);
+        let attempts = config
+            .get("max_attempts")
+            .and_then(Value::as_u64)
+            .map(|n| n.clamp(1, MAX_ATTEMPTS_LIMIT) as u32)
+            .unwrap_or(self.retry.default_attempts.max(1));
+        let mut attempt = 1u32;
+        loop {
+            match self.tools.invoke(ctx, "http_request", params.clone()).await {
+                Ok(result) => {
+                    return Ok(ActionOutcome {
+                        result: json!({ "response": result, "attempts": attempt }),
+                        run_id: None,
+                    });
+                }
+                Err(e) if e.retryable() && attempt < attempts => {
+                    tracing::info!(attempt, error = %e, "call_api failed; retrying");
+                    tokio::time::sleep(self.retry.backoff(attempt)).await;
+                    attempt += 1;
+                }
+                Err(e) => {
+                    return Err(format!("call_api failed after {attempt} attempt(s): {e}"));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use async_trait::async_trait;
+    use chrono::Utc;
+    use gathering_domain::scheduler::{ExecutionStatus, LaunchError, MissedRuns, OverlapPolicy};
+    use gathering_domain::tools::ToolError;
+    use std::sync::Mutex;
+
+    /// Fails with the queued errors first, then succeeds; records every call.
+    struct ScriptedTools {
+        failures: Mutex<Vec<ToolError>>,
+        calls: Mutex<Vec<(String, Value, Option<String>)>>,
+    }
+
+    #[async_trait]
+    impl ToolInvoker for ScriptedTools {
+        async fn invoke(
+            &self,
+            ctx: &ToolContext,
+            name: &str,
+            params: Value,
+        ) -> Result<Value, ToolError> {
+            self.calls.lock().unwrap().push((
+                name.to_owned(),
+                params.clone(),
+                ctx.idempotency_key.clone(),
+            ));
+            let next = self.failures.lock().unwrap().pop();
+            match next {
+                Some(e) => Err(e),
+                None => Ok(json!({"status": 200})),
+            }
+        }
+    }
+
+    fn tools(failures: Vec<ToolError>) -> Arc<ScriptedTools> {
+        Arc::new(ScriptedTools {
+            failures: Mutex::new(failures),
+            calls: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn ports(t: Arc<ScriptedTools>) -> ActionPorts {
+        ActionPorts {
+            tools: t,
+            agents: None,
+            pipelines: None,
+            retry: RetryPolicy {
+                default_attempts: 3,
+                base_backoff: Duration::from_millis(1),
+                max_backoff: Duration::from_millis(4),
+            },
+        }
+    }
+
+    fn sched(action: ActionType, config: Value) -> (Schedule, Execution) {
+        let now = Utc::now();
+        let s = Schedule {
+            id: Uuid::now_v7(),
+            owner_id: Uuid::now_v7(),
+            name: "s".into(),
+            cron: None,
+            interval_secs: Some(60),
+            timezone: None,
+            action_type: action,
+            action_config: config,
+            enabled: true,
+            missed_runs: MissedRuns::Skip,
+            overlap: OverlapPolicy::Skip,
+            max_executions: None,
+            execution_count: 0,
+            next_run_at: Some(now),
+            created_at: now,
+            updated_at: now,
+        };
+        let e = Execution {
+            id: Uuid::now_v7(),
+            schedule_id: s.id,
+            scheduled_for: now,
+            status: ExecutionStatus::Running,
+            started_at: now,
+            finished_at: None,
+            result: None,
+            error: None,
+            instance_id: Uuid::now_v7(),
+            run_id: None,
+        };
+        (s, e)
+    }
+
+    fn retryable() -> ToolError {
+        ToolError::Failed {
+            message: "503".into(),
+            retryable: true,
+            status: Some(503),
+        }
+    }
+
+    #[test]
+    fn config_shapes_are_checked_per_action_type() {
+        assert!(validate(ActionType::CallApi, &json!({"url": "http://x/y"})).is_empty());
+        let p = validate(
+            ActionType::CallApi,
+            &json!({"url": "ftp://x", "method": "BREW", "x": 1}),
+        );
+        let fields: Vec<_> = p.iter().map(|f| f.field.as_str()).collect();
+        assert!(fields.contains(&"/action_config/url"));
+        assert!(fields.contains(&"/action_config/method"));
+        assert!(fields.contains(&"/action_config/x"));
+        assert!(!validate(ActionType::SendNotification, &json!({"title": "t"})).is_empty());
+        assert!(
+            validate(
+                ActionType::SendNotification,
+                &json!({"title": "t", "message": "m"})
+            )
+            .is_empty()
+        );
+        assert!(
+            !validate(
+                ActionType::RunTask,
+                &json!({"agent_id": "nope", "prompt": "p"})
+            )
+            .is_empty()
+        );
+        assert!(
+            validate(
+                ActionType::RunTask,
+                &json!({"agent_id": Uuid::now_v7(), "prompt": "p"})
+            )
+            .is_empty()
+        );
+        assert!(!validate(ActionType::ExecutePipeline, &json!({})).is_empty());
+        assert!(
+            validate(
+                ActionType::ExecutePipeline,
+                &json!({"pipeline_id": Uuid::now_v7(), "input": {"a": 1}})
+            )
+            .is_empty()
+        );
+        assert_eq!(validate(ActionType::CallApi, &json!([])).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn call_api_retries_retryable_failures_then_succeeds() {
+        let t = tools(vec![retryable(), retryable()]);
+        let (s, e) = sched(
+            ActionType::CallApi,
+            json!({"url": "http://h/x", "method": "post"}),
+        );
+        let out = ports(t.clone()).perform(&s, &e).await.unwrap();
+        assert_eq!(out.result["attempts"], 3);
+        let calls = t.calls.lock().unwrap();
+        assert_eq!(calls.len(), 3);
+        assert_eq!(calls[0].0, "http_request");
+        assert_eq!(calls[0].1["method"], "POST");
+        assert_eq!(
+            calls[0].2.as_deref(),
+            Some(format!("schedule:{}:{}", s.id, e.id).as_str())
+        );
+    }
+
+    #[tokio::test]
+    async fn call_api_gives_up_after_bounded_attempts() {
+        let t = tools(vec![retryable(), retryable(), retryable(), retryable()]);
+        let (s, e) = sched(
+            ActionType::CallApi,
+            json!({"url": "http://h/x", "max_attempts": 2}),
+        );
+        let err = ports(t.clone()).perform(&s, &e).await.unwrap_err();
+        assert!(err.contains("after 2 attempt"), "{err}");
+        assert_eq!(t.calls.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn call_api_does_not_retry_permanent_failures() {
+        let t = tools(vec![ToolError::Forbidden("blocked host".into())]);
+        let (s, e) = sched(ActionType::CallApi, json!({"url": "http://10.0.0.1/"}));
+        let err = ports(t.clone()).perform(&s, &e).await.unwrap_err();
+        assert!(err.contains("blocked host"));
+        assert_eq!(t.calls.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn run_task_without_runner_fails_clearly() {
+        let (s, e) = sched(
+            ActionType::RunTask,
+            json!({"agent_id": Uuid::now_v7(), "prompt": "hi"}),
+        );
+        let err = ports(tools(vec![])).perform(&s, &e).await.unwrap_err();
+        assert!(err.contains("no agent runner configured"), "{err}");
+    }
+
+    struct Launcher;
+    #[async_trait]
+    impl PipelineLauncher for Launcher {
+        async fn launch(&self, _o: Uuid, p: Uuid, input: Value) -> Result<Uuid, LaunchError> {
+            if input["fail"] == true {
+                return Err(LaunchError::NotFound);
+            }
+            Ok(p)
+        }
+    }
+
+    #[tokio::test]
+    async fn execute_pipeline_records_the_run_id() {
+        let pid = Uuid::now_v7();
+        let (s, e) = sched(ActionType::ExecutePipeline, json!({"pipeline_id": pid}));
+        let mut p = ports(tools(vec![]));
+        p.pipelines = Some(Arc::new(Launcher));
+        let out = p.perform(&s, &e).await.unwrap();
+        assert_eq!(out.run_id, Some(pid));
+        assert_eq!(out.result, json!({"run_id": pid}));
+        let (s, e) = sched(
+            ActionType::ExecutePipeline,
+            json!({"pipeline_id": pid, "input": {"fail": true}}),
+        );
+        assert!(
+            p.perform(&s, &e)
+                .await
+                .unwrap_err()
+                .contains("pipeline not found")
+        );
+    }
+
+    #[tokio::test]
+    async fn send_notification_goes_through_the_tool() {
+        let t = tools(vec![]);
+        let (s, e) = sched(
+            ActionType::SendNotification,
+            json!({"title": "t", "message": "m"}),
+        );
+        ports(t.clone()).perform(&s, &e).await.unwrap();
+        let calls = t.calls.lock().unwrap();
+        assert_eq!(calls[0].0, "send_notification");
+        assert_eq!(calls[0].1, json!({"title": "t", "message": "m"}));
+    }
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let r = RetryPolicy::default();
+        assert_eq!(r.backoff(1), Duration::from_millis(500));
+        assert_eq!(r.backoff(2), Duration::from_secs(1));
+        assert_eq!(r.backoff(30), Duration::from_secs(30));
+    }
+}
