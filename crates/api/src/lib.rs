@@ -1,0 +1,99 @@
+//! The HTTP layer: routes, extractors (auth, pagination), middleware (request id, rate limits,
+//! security headers), the error → HTTP mapping and the OpenAPI document.
+//!
+//! Engine crates never depend on actix; this crate depends on the engines. The server binary
+//! registers each service with `app_data` and calls [`configure`].
+
+pub mod error;
+pub mod extract;
+pub mod middleware;
+pub mod openapi;
+pub mod ratelimit;
+pub mod routes;
+
+use crate::error::ApiError;
+use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
+use actix_web::{HttpRequest, HttpResponse, web};
+use gathering_domain::FieldProblem;
+
+pub use error::ApiError as Error;
+
+/// Largest JSON body accepted anywhere (pipelines with many nodes fit comfortably).
+pub const MAX_JSON_BYTES: usize = 1024 * 1024;
+
+/// Mounts every route: health and docs at the root, the API under `/api/v1`.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(json_config())
+        .app_data(query_config())
+        .app_data(path_config())
+        .app_data(web::PayloadConfig::new(MAX_JSON_BYTES))
+        .service(routes::health::live)
+        .service(routes::health::ready)
+        .service(openapi::docs())
+        .service(
+            web::scope("/api/v1")
+                .route("/openapi.json", web::get().to(openapi::json))
+                .configure(routes::auth::configure)
+                .configure(routes::projects::configure)
+                .configure(routes::tools::configure)
+                .configure(routes::notifications::configure)
+                .configure(routes::agents::configure)
+                .configure(routes::circles::configure)
+                .configure(routes::settings::configure)
+                .configure(routes::pipelines::configure)
+                .configure(routes::schedules::configure)
+                .configure(routes::ws::configure),
+        );
+}
+
+/// Answers every unknown route with the JSON 404.
+pub async fn not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::not_found())
+}
+
+fn json_config() -> web::JsonConfig {
+    web::JsonConfig::default()
+        .limit(MAX_JSON_BYTES)
+        .error_handler(|err, _req: &HttpRequest| json_error(err).into())
+}
+
+fn json_error(err: JsonPayloadError) -> ApiError {
+    match err {
+        JsonPayloadError::Deserialize(e) if e.is_data() => {
+            // Wrong type or missing field: the request is well-formed JSON but invalid.
+            let field = e
+                .to_string()
+                .split('`')
+                .nth(1)
+                .map(|f| format!("/{f}"))
+                .unwrap_or_default();
+            ApiError::validation(vec![FieldProblem::new(field, e.to_string())])
+        }
+        JsonPayloadError::Deserialize(e) => {
+            ApiError::bad_request("invalid_json", format!("malformed JSON: {e}"))
+        }
+        JsonPayloadError::OverflowKnownLength { .. } | JsonPayloadError::Overflow { .. } => {
+            ApiError::bad_request("payload_too_large", "request body is too large")
+        }
+        JsonPayloadError::ContentType => ApiError::bad_request(
+            "unsupported_media_type",
+            "expected Content-Type: application/json",
+        ),
+        other => ApiError::bad_request("invalid_body", other.to_string()),
+    }
+}
+
+fn query_config() -> web::QueryConfig {
+    web::QueryConfig::default().error_handler(|err, _req| {
+        let message = match &err {
+            QueryPayloadError::Deserialize(e) => e.to_string(),
+            other => other.to_string(),
+        };
+        ApiError::bad_request("invalid_query", message).into()
+    })
+}
+
+fn path_config() -> web::PathConfig {
+    // A malformed id in a URL names nothing that exists.
+    web::PathConfig::default().error_handler(|_err: PathError, _req| ApiError::not_found().into())
+}

@@ -1,0 +1,384 @@
+//! `GET /api/v1/ws`: the caller's live events over a WebSocket.
+//!
+//! Authentication: `?access_token=` (or an `Authorization: Bearer` header) is verified before the
+//! upgrade — a bad token answers 401 JSON and no socket is opened. Without a token, an upgrade
+//! request is accepted and the first text message must be `{"access_token": "..."}` within
+//! [`WsConfig::auth_timeout`]; it is answered with `{"type": "authenticated", ...}` or a close
+//! frame (1008). A plain GET without a token or upgrade answers 401.
+//!
+//! Messages to the client are `{"type", "at", "data"}`: the user's own events, and
+//! `{"type": "lagged", "data": {"missed": n}}` when the client fell behind and `n` events were
+//! skipped (reload state then). `?replay=true` first sends the user's recent history.
+//! The server pings every [`WsConfig::heartbeat_interval`] and closes a connection silent for
+//! [`WsConfig::client_timeout`]; it closes with 1001 (going away) on shutdown and with 1008 when
+//! the access token expires.
+
+use crate::error::ApiError;
+use crate::extract::{AuthUser, authenticate_token};
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, web};
+use actix_ws::{CloseCode, CloseReason, Message, MessageStream, Session};
+use chrono::{DateTime, Utc};
+use gathering_events::{EventBus, Received, Shutdown, Subscription};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+use tokio::time::{Instant, sleep_until, timeout};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Timing and limits of WebSocket connections. Optional app data (`web::Data<WsConfig>`);
+/// the defaults apply when it is not registered.
+#[derive(Debug, Clone)]
+pub struct WsConfig {
+    /// How often the server pings.
+    pub heartbeat_interval: Duration,
+    /// A client that sends nothing (not even a pong) for this long is disconnected.
+    pub client_timeout: Duration,
+    /// How long a client without a query token has to send `{"access_token": ...}`.
+    pub auth_timeout: Duration,
+    /// Bound on handing one message to the socket; a client that stops reading is dropped.
+    pub send_timeout: Duration,
+    /// Largest frame accepted from a client.
+    pub max_frame_bytes: usize,
+}
+
+impl Default for WsConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_secs(15),
+            client_timeout: Duration::from_secs(45),
+            auth_timeout: Duration::from_secs(5),
+            send_timeout: Duration::from_secs(10),
+            max_frame_bytes: 16 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+pub struct WsQuery {
+    /// Access token (alternatively send `{"access_token": "..."}` as the first message).
+    pub access_token: Option<String>,
+    /// Send the user's recent events first.
+    pub replay: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct AuthMessage {
+    access_token: String,
+}
+
+/// One message to the client.
+#[derive(Serialize)]
+struct Outgoing<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    at: DateTime<Utc>,
+    data: &'a serde_json::Value,
+}
+
+fn message(kind: &str, at: DateTime<Utc>, data: &serde_json::Value) -> String {
+    serde_json::to_string(&Outgoing { kind, at, data }).unwrap_or_else(|e| {
+        tracing::error!(error = %e, kind, "event cannot be serialized");
+        String::from("{\"type\":\"error\",\"data\":{}}")
+    })
+}
+
+fn bearer(req: &HttpRequest) -> Option<String> {
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then(|| token.to_owned())
+}
+
+fn is_upgrade(req: &HttpRequest) -> bool {
+    req.headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+#[utoipa::path(get, path = "/api/v1/ws", tag = "events", params(WsQuery),
+    responses(
+        (status = 101, description = "WebSocket of the caller's events: `{type, at, data}` messages"),
+        (status = 400, description = "not a WebSocket upgrade request"),
+        (status = 401, description = "missing, invalid, expired or revoked token")))]
+pub async fn connect(
+    req: HttpRequest,
+    body: web::Payload,
+    q: web::Query<WsQuery>,
+    bus: web::Data<EventBus>,
+) -> Result<HttpResponse, ApiError> {
+    let config = req
+        .app_data::<web::Data<WsConfig>>()
+        .map(|c| c.get_ref().clone())
+        .unwrap_or_default();
+    let shutdown = req
+        .app_data::<web::Data<Shutdown>>()
+        .map(|s| s.0.clone())
+        .unwrap_or_default();
+    let token = q
+        .access_token
+        .clone()
+        .filter(|t| !t.is_empty())
+        .or_else(|| bearer(&req));
+    let replay = q.replay.unwrap_or(false);
+
+    // Verify a given token before upgrading, so a bad one is a plain 401.
+    let user = match token {
+        Some(t) => Some(authenticate_token(&req, &t).await?),
+        None if is_upgrade(&req) => None,
+        None => {
+            return Err(ApiError::unauthorized(
+                "missing access token: pass ?access_token= or send it as the first message",
+            ));
+        }
+    };
+    // Subscribe before answering, so the client sees every event published after the 101.
+    let subscribed = user.map(|u| {
+        let sub = subscribe(&bus, u.id, replay);
+        (u, sub)
+    });
+
+    let (response, session, stream) = actix_ws::handle(&req, body).map_err(|e| {
+        ApiError::bad_request(
+            "websocket_upgrade_required",
+            format!("expected a WebSocket upgrade request: {e}"),
+        )
+    })?;
+    let stream = stream.max_frame_size(config.max_frame_bytes);
+    let bus = bus.get_ref().clone();
+    actix_web::rt::spawn(async move {
+        let conn = Connection {
+            session,
+            stream,
+            config,
+            shutdown,
+        };
+        // The request is kept only while the first message may still bring the token.
+        let auth_req = subscribed.is_none().then_some(req);
+        conn.serve(auth_req, bus, subscribed, replay).await;
+    });
+    Ok(response)
+}
+
+fn subscribe(bus: &EventBus, user: Uuid, replay: bool) -> Subscription {
+    if replay {
+        bus.subscribe_with_replay(user)
+    } else {
+        bus.subscribe(user)
+    }
+}
+
+struct Connection {
+    session: Session,
+    stream: MessageStream,
+    config: WsConfig,
+    shutdown: CancellationToken,
+}
+
+/// How a connection ends: with a close frame (reason) or because the peer is gone.
+enum End {
+    Close(CloseCode, &'static str),
+    Gone,
+}
+
+impl Connection {
+    async fn serve(
+        mut self,
+        req: Option<HttpRequest>,
+        bus: EventBus,
+        subscribed: Option<(AuthUser, Subscription)>,
+        replay: bool,
+    ) {
+        let end = match (subscribed, req) {
+            (Some((user, sub)), _) => self.pump(&user, sub).await,
+            (None, None) => End::Close(CloseCode::Error, "internal error"),
+            (None, Some(req)) => match self.first_message_auth(&req).await {
+                Ok(user) => {
+                    let sub = subscribe(&bus, user.id, replay);
+                    let data = serde_json::json!({ "user_id": user.id });
+                    if self.send(message("authenticated", Utc::now(), &data)).await {
+                        self.pump(&user, sub).await
+                    } else {
+                        End::Gone
+                    }
+                }
+                Err(end) => end,
+            },
+        };
+        if let End::Close(code, description) = end {
+            let reason = CloseReason {
+                code,
+                description: Some(description.to_owned()),
+            };
+            let _ = timeout(self.config.send_timeout, self.session.close(Some(reason))).await;
+        }
+    }
+
+    /// Waits for `{"access_token": "..."}` as the first text message.
+    async fn first_message_auth(&mut self, req: &HttpRequest) -> Result<AuthUser, End> {
+        let deadline = Instant::now() + self.config.auth_timeout;
+        loop {
+            let msg = tokio::select! {
+                _ = self.shutdown.cancelled() => {
+                    return Err(End::Close(CloseCode::Away, "server shutting down"));
+                }
+                _ = sleep_until(deadline) => {
+                    return Err(End::Close(CloseCode::Policy, "authentication timed out"));
+                }
+                m = self.stream.recv() => m,
+            };
+            match msg {
+                Some(Ok(Message::Text(text))) => {
+                    let Ok(auth) = serde_json::from_str::<AuthMessage>(&text) else {
+                        return Err(End::Close(
+                            CloseCode::Policy,
+                            "expected {\"access_token\": \"...\"} first",
+                        ));
+                    };
+                    return authenticate_token(req, &auth.access_token)
+                        .await
+                        .map_err(|_| End::Close(CloseCode::Policy, "invalid access token"));
+                }
+                Some(Ok(Message::Ping(b))) => {
+                    if self.session.pong(&b).await.is_err() {
+                        return Err(End::Gone);
+                    }
+                }
+                Some(Ok(Message::Pong(_) | Message::Nop | Message::Continuation(_))) => {}
+                Some(Ok(Message::Binary(_))) => {
+                    return Err(End::Close(
+                        CloseCode::Policy,
+                        "expected {\"access_token\": \"...\"} first",
+                    ));
+                }
+                Some(Ok(Message::Close(_))) | None => return Err(End::Gone),
+                Some(Err(_)) => return Err(End::Close(CloseCode::Protocol, "protocol error")),
+            }
+        }
+    }
+
+    /// Forwards events until the client leaves, stops answering, the token expires, the bus
+    /// stops or the server shuts down.
+    async fn pump(&mut self, user: &AuthUser, mut sub: Subscription) -> End {
+        let remaining = (user.expires_at - Utc::now())
+            .to_std()
+            .unwrap_or(Duration::ZERO);
+        let expiry = sleep_until(Instant::now() + remaining);
+        tokio::pin!(expiry);
+        let mut heartbeat = tokio::time::interval_at(
+            Instant::now() + self.config.heartbeat_interval,
+            self.config.heartbeat_interval,
+        );
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_seen = Instant::now();
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => return End::Close(CloseCode::Away, "server shutting down"),
+                _ = &mut expiry => return End::Close(CloseCode::Policy, "access token expired"),
+                _ = heartbeat.tick() => {
+                    if last_seen.elapsed() > self.config.client_timeout {
+                        return End::Close(CloseCode::Policy, "heartbeat timed out");
+                    }
+                    match timeout(self.config.send_timeout, self.session.ping(b"")).await {
+                        Ok(Ok(())) => {}
+                        _ => return End::Gone,
+                    }
+                }
+                msg = self.stream.recv() => match msg {
+                    Some(Ok(Message::Ping(b))) => {
+                        last_seen = Instant::now();
+                        if self.session.pong(&b).await.is_err() {
+                            return End::Gone;
+                        }
+                    }
+                    Some(Ok(Message::Pong(_) | Message::Text(_) | Message::Binary(_))) => {
+                        last_seen = Instant::now();
+                    }
+                    Some(Ok(Message::Nop | Message::Continuation(_))) => {}
+                    Some(Ok(Message::Close(_))) => return End::Close(CloseCode::Normal, "bye"),
+                    None => return End::Gone,
+                    Some(Err(_)) => return End::Close(CloseCode::Protocol, "protocol error"),
+                },
+                item = sub.recv() => {
+                    let text = match item {
+                        Some(Received::Event(e)) => message(&e.kind, e.at, &e.data),
+                        Some(Received::Lagged(missed)) => message(
+                            "lagged",
+                            Utc::now(),
+                            &serde_json::json!({ "missed": missed }),
+                        ),
+                        None => return End::Close(CloseCode::Away, "server shutting down"),
+                    };
+                    if !self.send(text).await {
+                        return End::Gone;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hands one text message to the socket; false when the client is gone or not reading.
+    async fn send(&mut self, text: String) -> bool {
+        matches!(
+            timeout(self.config.send_timeout, self.session.text(text)).await,
+            Ok(Ok(()))
+        )
+    }
+}
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/ws", web::get().to(connect));
+}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(connect), tags((name = "events", description = "Live events over WebSocket")))]
+struct Doc;
+
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    <Doc as utoipa::OpenApi>::openapi()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use actix_web::test::TestRequest;
+
+    #[test]
+    fn messages_have_type_at_and_data_only() {
+        let at = Utc::now();
+        let v: serde_json::Value = serde_json::from_str(&message(
+            "run.started",
+            at,
+            &serde_json::json!({"run_id": "r"}),
+        ))
+        .unwrap();
+        assert_eq!(v["type"], "run.started");
+        assert_eq!(v["data"]["run_id"], "r");
+        assert!(v["at"].is_string());
+        assert_eq!(v.as_object().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn upgrade_is_recognised_case_insensitively() {
+        let r = TestRequest::default()
+            .insert_header((header::UPGRADE, "WebSocket"))
+            .to_http_request();
+        assert!(is_upgrade(&r));
+        assert!(!is_upgrade(&TestRequest::default().to_http_request()));
+    }
+
+    #[test]
+    fn bearer_header_is_an_alternative_to_the_query_token() {
+        let r = TestRequest::default()
+            .insert_header((header::AUTHORIZATION, "Bearer t0k"))
+            .to_http_request();
+        assert_eq!(bearer(&r).as_deref(), Some("t0k"));
+        let r = TestRequest::default()
+            .insert_header((header::AUTHORIZATION, "Bearer  "))
+            .to_http_request();
+        assert_eq!(bearer(&r), None);
+    }
+}
