@@ -1,0 +1,653 @@
+//! Pipelines through real HTTP: the real server (executor included) on a fresh database, with a
+//! real HTTP server on loopback as the target of `http_request` action nodes.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use gathering_tests::*;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// A tiny HTTP/1.1 server on 127.0.0.1 counting hits per path:
+/// `/ok` 200, `/hit/<name>` 200, `/flaky/<n>` 503 for the first n calls then 200,
+/// `/notfound` 404, `/always500` 500, `/slow` answers after 30 s, `/once-slow/<k>` hangs on
+/// its first call and answers 200 afterwards.
+#[derive(Clone)]
+struct Target {
+    base: String,
+    hits: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl Target {
+    async fn start() -> Target {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+        let hits: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+        let h = hits.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut sock, _)) = listener.accept().await else {
+                    break;
+                };
+                let hits = h.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match sock.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        if buf.len() > 65536 {
+                            return;
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&buf).to_string();
+                    let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                    let count = {
+                        let mut m = hits.lock().unwrap();
+                        let c = m.entry(path.clone()).or_insert(0);
+                        *c += 1;
+                        *c
+                    };
+                    let (status, body) = if path == "/ok" || path.starts_with("/hit/") {
+                        (200, json!({"ok": true, "n": 42, "path": path}))
+                    } else if let Some(n) = path.strip_prefix("/flaky/") {
+                        if count <= n.parse::<usize>().unwrap_or(0) {
+                            (503, json!({"error": "try later"}))
+                        } else {
+                            (200, json!({"ok": true, "after": count}))
+                        }
+                    } else if path.starts_with("/once-slow/") {
+                        if count == 1 {
+                            // The first call hangs (its caller is killed meanwhile).
+                            tokio::time::sleep(Duration::from_secs(120)).await;
+                        }
+                        (200, json!({"ok": true, "call": count}))
+                    } else if path == "/notfound" {
+                        (404, json!({"error": "nope"}))
+                    } else if path == "/always500" {
+                        (500, json!({"error": "boom"}))
+                    } else if path == "/slow" {
+                        tokio::time::sleep(Duration::from_secs(30)).await;
+                        (200, json!({"slow": true}))
+                    } else {
+                        (404, json!({}))
+                    };
+                    let body = body.to_string();
+                    let reason = match status {
+                        200 => "OK",
+                        404 => "Not Found",
+                        500 => "Internal Server Error",
+                        _ => "Service Unavailable",
+                    };
+                    let resp = format!(
+                        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = sock.write_all(resp.as_bytes()).await;
+                    let _ = sock.shutdown().await;
+                });
+            }
+        });
+        Target { base, hits }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn hits(&self, path: &str) -> usize {
+        self.hits.lock().unwrap().get(path).copied().unwrap_or(0)
+    }
+}
+
+async fn app_with(extra: &[(&str, &str)]) -> TestApp {
+    let mut env = vec![("GATHERING__TOOLS__HTTP_ALLOWED_HOSTS", "127.0.0.1")];
+    env.extend_from_slice(extra);
+    spawn_app_with(&env).await
+}
+
+fn get_node(id: &str, url: String) -> Value {
+    json!({"id": id, "type": "action", "config": {"tool": "http_request", "params": {"method": "GET", "url": url}}})
+}
+
+async fn create(app: &TestApp, token: &str, body: Value) -> String {
+    let r = app.post("/pipelines", &body, Some(token)).await;
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "{}",
+        r.text().await.unwrap()
+    );
+    let p: Value = r.json().await.unwrap();
+    p["id"].as_str().unwrap().to_owned()
+}
+
+async fn start(app: &TestApp, token: &str, pipeline: &str, input: Value) -> String {
+    let r = app
+        .post(
+            &format!("/pipelines/{pipeline}/runs"),
+            &json!({"input": input}),
+            Some(token),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let run: Value = r.json().await.unwrap();
+    assert_eq!(run["status"], "queued");
+    run["id"].as_str().unwrap().to_owned()
+}
+
+async fn run_json(app: &TestApp, token: &str, run: &str) -> Value {
+    let r = app.get(&format!("/runs/{run}"), Some(token)).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    r.json().await.unwrap()
+}
+
+/// Polls `GET /runs/{id}` until the run has finished (bounded).
+async fn finished(app: &TestApp, token: &str, run: &str) -> Value {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let r = run_json(app, token, run).await;
+            if !matches!(r["status"].as_str(), Some("queued") | Some("running")) {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the run finishes")
+}
+
+fn node<'a>(run: &'a Value, id: &str) -> &'a Value {
+    run["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node_id"] == id)
+        .unwrap_or_else(|| panic!("node {id} in {run}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn linear_pipeline_calls_the_target_in_order_and_passes_outputs() {
+    let target = Target::start().await;
+    let app = app_with(&[]).await;
+    let token = app.user_token().await;
+    let p = create(
+        &app,
+        &token,
+        json!({"name": "linear", "nodes": [
+            {"id": "start", "type": "trigger"},
+            get_node("fetch", target.url("/ok")),
+            get_node("next", format!("{}/hit/{{{{nodes.fetch.output.status}}}}-{{{{input.tag}}}}", target.base))
+        ], "edges": [{"from": "start", "to": "fetch"}, {"from": "fetch", "to": "next"}]}),
+    )
+    .await;
+    let run = start(&app, &token, &p, json!({"tag": "x"})).await;
+    let r = finished(&app, &token, &run).await;
+    assert_eq!(r["status"], "succeeded", "{r}");
+    assert_eq!(target.hits("/ok"), 1);
+    assert_eq!(
+        target.hits("/hit/200-x"),
+        1,
+        "the templated URL used fetch's output"
+    );
+    assert_eq!(node(&r, "fetch")["output"]["status"], 200);
+    assert_eq!(node(&r, "next")["attempts"], 1);
+    assert!(r["finished_at"].is_string());
+    let history: Value = app
+        .get(&format!("/pipelines/{p}/runs"), Some(&token))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(history["items"][0]["id"], run.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn condition_takes_one_branch_and_skips_the_other() {
+    let target = Target::start().await;
+    let app = app_with(&[]).await;
+    let token = app.user_token().await;
+    let p = create(
+        &app,
+        &token,
+        json!({"name": "cond", "nodes": [
+            {"id": "start", "type": "trigger"},
+            {"id": "check", "type": "condition", "config": {"expression": "input.n > 5"}},
+            get_node("yes", target.url("/hit/yes")),
+            get_node("no", target.url("/hit/no")),
+            get_node("after_no", target.url("/hit/after_no"))
+        ], "edges": [
+            {"from": "start", "to": "check"},
+            {"from": "check", "to": "yes", "when": true},
+            {"from": "check", "to": "no", "when": false},
+            {"from": "no", "to": "after_no"}
+        ]}),
+    )
+    .await;
+    let r = finished(
+        &app,
+        &token,
+        &start(&app, &token, &p, json!({"n": 9})).await,
+    )
+    .await;
+    assert_eq!(r["status"], "succeeded", "{r}");
+    assert_eq!(node(&r, "check")["output"], true);
+    assert_eq!(node(&r, "no")["status"], "skipped");
+    assert_eq!(node(&r, "after_no")["status"], "skipped");
+    assert_eq!(
+        (
+            target.hits("/hit/yes"),
+            target.hits("/hit/no"),
+            target.hits("/hit/after_no")
+        ),
+        (1, 0, 0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_branches_all_run_and_join() {
+    let target = Target::start().await;
+    let app = app_with(&[]).await;
+    let token = app.user_token().await;
+    let p = create(
+        &app,
+        &token,
+        json!({"name": "fan", "nodes": [
+            {"id": "fan", "type": "parallel"},
+            get_node("a", target.url("/hit/a")), get_node("b", target.url("/hit/b")), get_node("c", target.url("/hit/c")),
+            get_node("join", target.url("/hit/join"))
+        ], "edges": [
+            {"from": "fan", "to": "a"}, {"from": "fan", "to": "b"}, {"from": "fan", "to": "c"},
+            {"from": "a", "to": "join"}, {"from": "b", "to": "join"}, {"from": "c", "to": "join"}
+        ]}),
+    )
+    .await;
+    let r = finished(&app, &token, &start(&app, &token, &p, json!({})).await).await;
+    assert_eq!(r["status"], "succeeded", "{r}");
+    for path in ["/hit/a", "/hit/b", "/hit/c", "/hit/join"] {
+        assert_eq!(target.hits(path), 1, "{path}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retryable_failures_are_retried_until_success_and_4xx_is_not_retried() {
+    let target = Target::start().await;
+    let app = app_with(&[]).await;
+    let token = app.user_token().await;
+    let retry = json!({"max_attempts": 4, "initial_backoff_ms": 10, "multiplier": 2.0, "max_backoff_ms": 100});
+    let mut flaky = get_node("flaky", target.url("/flaky/2"));
+    flaky["retry"] = retry.clone();
+    let p = create(
+        &app,
+        &token,
+        json!({"name": "retry", "nodes": [flaky], "edges": []}),
+    )
+    .await;
+    let r = finished(&app, &token, &start(&app, &token, &p, json!({})).await).await;
+    assert_eq!(r["status"], "succeeded", "{r}");
+    assert_eq!(node(&r, "flaky")["attempts"], 3);
+    assert_eq!(target.hits("/flaky/2"), 3);
+
+    let mut missing = get_node("missing", target.url("/notfound"));
+    missing["retry"] = retry;
+    let p = create(
+        &app,
+        &token,
+        json!({"name": "4xx", "nodes": [missing], "edges": []}),
+    )
+    .await;
+    let r = finished(&app, &token, &start(&app, &token, &p, json!({})).await).await;
+    assert_eq!(r["status"], "failed", "{r}");
+    assert_eq!(node(&r, "missing")["attempts"], 1);
+    assert_eq!(node(&r, "missing")["status"], "failed");
+    assert_eq!(target.hits("/notfound"), 1, "a 4xx is not retried");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_circuit_opens_after_consecutive_failures_and_later_calls_fail_fast() {
+    let target = Target::start().await;
+    let app = app_with(&[("GATHERING__PIPELINE__BREAKER_FAILURES", "2")]).await;
+    let token = app.user_token().await;
+    let mut down = get_node("down", target.url("/always500"));
+    down["retry"] = json!({"max_attempts": 2, "initial_backoff_ms": 10});
+    let p = create(
+        &app,
+        &token,
+        json!({"name": "breaker", "nodes": [down], "edges": []}),
+    )
+    .await;
+    let first = finished(&app, &token, &start(&app, &token, &p, json!({})).await).await;
+    assert_eq!(first["status"], "failed");
+    assert_eq!(target.hits("/always500"), 2);
+    let second = finished(&app, &token, &start(&app, &token, &p, json!({})).await).await;
+    assert_eq!(second["status"], "failed");
+    assert_eq!(
+        node(&second, "down")["error"]["code"],
+        "circuit_open",
+        "{second}"
+    );
+    assert_eq!(
+        target.hits("/always500"),
+        2,
+        "an open circuit sends nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_and_run_timeouts_end_the_run_timed_out() {
+    let target = Target::start().await;
+    let app = app_with(&[]).await;
+    let token = app.user_token().await;
+    let mut slow = get_node("slow", target.url("/slow"));
+    slow["timeout_ms"] = json!(300);
+    let p = create(
+        &app,
+        &token,
+        json!({"name": "node-timeout", "nodes": [slow], "edges": []}),
+    )
+    .await;
+    let r = finished(&app, &token, &start(&app, &token, &p, json!({})).await).await;
+    assert_eq!(r["status"], "timed_out", "{r}");
+    assert_eq!(node(&r, "slow")["status"], "failed");
+    assert_eq!(node(&r, "slow")["error"]["code"], "timed_out");
+
+    let p = create(
+        &app,
+        &token,
+        json!({"name": "run-timeout", "timeout_ms": 400,
+               "nodes": [get_node("slow", target.url("/slow")), get_node("after", target.url("/hit/after-timeout"))],
+               "edges": [{"from": "slow", "to": "after"}]}),
+    )
+    .await;
+    let r = finished(&app, &token, &start(&app, &token, &p, json!({})).await).await;
+    assert_eq!(r["status"], "timed_out", "{r}");
+    assert_eq!(r["error"]["code"], "timed_out");
+    assert_eq!(node(&r, "slow")["status"], "cancelled");
+    assert_eq!(target.hits("/hit/after-timeout"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_the_run_and_nothing_runs_afterwards() {
+    let target = Target::start().await;
+    let app = app_with(&[]).await;
+    let token = app.user_token().await;
+    let p = create(
+        &app,
+        &token,
+        json!({"name": "cancel", "nodes": [get_node("slow", target.url("/slow")), get_node("after", target.url("/hit/after-cancel"))],
+               "edges": [{"from": "slow", "to": "after"}]}),
+    )
+    .await;
+    let run = start(&app, &token, &p, json!({})).await;
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while target.hits("/slow") == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the slow node started");
+    let r = app
+        .post(&format!("/runs/{run}/cancel"), &json!({}), Some(&token))
+        .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let r = finished(&app, &token, &run).await;
+    assert_eq!(r["status"], "cancelled", "{r}");
+    assert_eq!(node(&r, "slow")["status"], "cancelled");
+    assert_eq!(node(&r, "after")["status"], "cancelled");
+    // Nothing of the cancelled run executes later.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(target.hits("/hit/after-cancel"), 0);
+    assert_eq!(run_json(&app, &token, &run).await["status"], "cancelled");
+    let again = app
+        .post(&format!("/runs/{run}/cancel"), &json!({}), Some(&token))
+        .await;
+    assert_error(again, StatusCode::CONFLICT, "run_finished").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_definitions_answer_422_and_store_nothing() {
+    let app = app_with(&[]).await;
+    let token = app.user_token().await;
+    let r = app
+        .post(
+            "/pipelines",
+            &json!({"name": "bad", "nodes": [{"id": "a", "type": "teleport", "config": {}},
+                                              {"id": "a", "type": "delay", "config": {"ms": "soon"}}],
+                    "edges": [{"from": "a", "to": "ghost"}]}),
+            Some(&token),
+        )
+        .await;
+    let body = assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+    let fields: Vec<&str> = body["error"]["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["field"].as_str().unwrap())
+        .collect();
+    for f in [
+        "/nodes/0/type",
+        "/nodes/1/id",
+        "/nodes/1/config/ms",
+        "/edges/0/to",
+    ] {
+        assert!(fields.contains(&f), "{f} in {fields:?}");
+    }
+    let r = app
+        .post(
+            "/pipelines",
+            &json!({"name": "loop", "nodes": [{"id": "x", "type": "parallel"}, {"id": "y", "type": "parallel"}],
+                    "edges": [{"from": "x", "to": "y"}, {"from": "y", "to": "x"}]}),
+            Some(&token),
+        )
+        .await;
+    let body = assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "cycle_detected").await;
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("x, y"),
+        "{body}"
+    );
+    let list: Value = app
+        .get("/pipelines", Some(&token))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["items"], json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crud_versions_and_other_users_get_404() {
+    let target = Target::start().await;
+    let app = app_with(&[]).await;
+    let alice = app.user_token().await;
+    let bob = app.user_token().await;
+    let p = create(
+        &app,
+        &alice,
+        json!({"name": "mine", "nodes": [get_node("a", target.url("/ok"))], "edges": []}),
+    )
+    .await;
+    let patched: Value = app
+        .patch(
+            &format!("/pipelines/{p}"),
+            &json!({"name": "renamed", "timeout_ms": 60000}),
+            Some(&alice),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (patched["name"].as_str(), patched["version"].as_i64()),
+        (Some("renamed"), Some(2))
+    );
+    let run = start(&app, &alice, &p, json!({})).await;
+    assert_eq!(finished(&app, &alice, &run).await["pipeline_version"], 2);
+
+    for r in [
+        app.get(&format!("/pipelines/{p}"), Some(&bob)).await,
+        app.patch(
+            &format!("/pipelines/{p}"),
+            &json!({"name": "x"}),
+            Some(&bob),
+        )
+        .await,
+        app.post(&format!("/pipelines/{p}/runs"), &json!({}), Some(&bob))
+            .await,
+        app.get(&format!("/pipelines/{p}/runs"), Some(&bob)).await,
+        app.get(&format!("/runs/{run}"), Some(&bob)).await,
+        app.post(&format!("/runs/{run}/cancel"), &json!({}), Some(&bob))
+            .await,
+        app.delete(&format!("/pipelines/{p}"), Some(&bob)).await,
+    ] {
+        assert_error(r, StatusCode::NOT_FOUND, "not_found").await;
+    }
+    let list: Value = app
+        .get("/pipelines", Some(&bob))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["items"], json!([]));
+    assert_eq!(
+        app.delete(&format!("/pipelines/{p}"), Some(&alice))
+            .await
+            .status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        app.get(&format!("/pipelines/{p}"), Some(&alice))
+            .await
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+}
+
+/// Short leases so a killed instance's runs are rescued quickly.
+const FAST_RESCUE: [(&str, &str); 4] = [
+    ("GATHERING__PIPELINE__LEASE_SECS", "2"),
+    ("GATHERING__PIPELINE__RESCUE_INTERVAL_SECS", "1"),
+    ("GATHERING__PIPELINE__POLL_INTERVAL_MS", "100"),
+    ("GATHERING__TOOLS__HTTP_ALLOWED_HOSTS", "127.0.0.1"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_run_then_restart_resumes_without_rerunning_completed_nodes() {
+    let target = Target::start().await;
+    let db = TestDatabase::new().await;
+    let data = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gathering-test-server"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    for (k, v) in base_env(&db, data.path()) {
+        cmd.env(k, v);
+    }
+    for (k, v) in FAST_RESCUE {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (port_tx, port_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if !sent && line.contains("\"msg\":\"listening\"") {
+                let v: Value = serde_json::from_str(&line).unwrap();
+                port_tx.send(v["port"].as_u64().unwrap()).unwrap();
+                sent = true;
+            }
+        }
+    });
+    let port = port_rx.recv_timeout(Duration::from_secs(60)).unwrap();
+    let base = format!("http://127.0.0.1:{port}/api/v1");
+    let client = reqwest::Client::new();
+    let r = client
+        .post(format!("{base}/auth/register"))
+        .json(&json!({"email": "k@example.com", "password": PASSWORD, "name": "K"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let tokens: Value = client
+        .post(format!("{base}/auth/login"))
+        .json(&json!({"email": "k@example.com", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = tokens["access_token"].as_str().unwrap().to_owned();
+    let p: Value = client
+        .post(format!("{base}/pipelines"))
+        .bearer_auth(&token)
+        .json(&json!({"name": "resume", "nodes": [
+            get_node("a", target.url("/hit/resume-a")),
+            get_node("b", target.url("/once-slow/resume-b")),
+            get_node("c", target.url("/hit/resume-c"))
+        ], "edges": [{"from": "a", "to": "b"}, {"from": "b", "to": "c"}]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let run: Value = client
+        .post(format!(
+            "{base}/pipelines/{}/runs",
+            p["id"].as_str().unwrap()
+        ))
+        .bearer_auth(&token)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let run_id = run["id"].as_str().unwrap().to_owned();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while target.hits("/once-slow/resume-b") == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("node b is in flight");
+    assert!(
+        Command::new("kill")
+            .args(["-9", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+
+    // A new instance on the same database rescues the run once its lease expires and resumes it.
+    let app = spawn_app_on(&db, &FAST_RESCUE).await;
+    let r = finished(&app, &token, &run_id).await;
+    assert_eq!(r["status"], "succeeded", "{r}");
+    assert_eq!(
+        target.hits("/hit/resume-a"),
+        1,
+        "the completed node did not run again"
+    );
+    assert_eq!(
+        target.hits("/once-slow/resume-b"),
+        2,
+        "the mid-flight node ran again"
+    );
+    assert_eq!(target.hits("/hit/resume-c"), 1);
+    assert_eq!(node(&r, "b")["attempts"], 2);
+}

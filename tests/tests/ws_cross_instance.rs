@@ -1,0 +1,376 @@
+//! Black-box: two server instances on one database. A user's WebSocket on instance B sees the
+//! events of work done through (and executed by) instance A — fanned out through PostgreSQL
+//! LISTEN/NOTIFY — and nobody else's socket does.
+//!
+//! To make sure the run really executes on A, instance B is started alone with
+//! `MAX_CONCURRENT_RUNS=1` and kept busy with a run that hangs on a loopback HTTP "gate"; only
+//! then is A started, so A's executor is the only one with room for the run under test.
+//!
+//! The WebSocket client is a minimal RFC 6455 client over a plain `TcpStream`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use gathering_tests::{TestApp, TestDatabase, spawn_app_on};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::time::timeout;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+struct Ws {
+    io: BufReader<TcpStream>,
+}
+
+impl Ws {
+    /// Upgrades `GET /api/v1/ws?access_token=…` on `app`; panics unless the answer is 101.
+    async fn connect(app: &TestApp, token: &str) -> Ws {
+        let stream = TcpStream::connect(("127.0.0.1", app.port)).await.unwrap();
+        let mut io = BufReader::new(stream);
+        let request = format!(
+            "GET /api/v1/ws?access_token={token} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n\
+             Upgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            app.port
+        );
+        io.get_mut().write_all(request.as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            head.push(timeout(WAIT, io.read_u8()).await.unwrap().unwrap());
+            assert!(head.len() < 16 * 1024, "response head too long");
+        }
+        let head = String::from_utf8(head).unwrap();
+        assert!(
+            head.starts_with("HTTP/1.1 101"),
+            "the upgrade is accepted: {head}"
+        );
+        Ws { io }
+    }
+
+    async fn write_frame(&mut self, opcode: u8, payload: &[u8]) {
+        assert!(payload.len() < 126, "control frames only");
+        let mut frame = vec![0x80 | opcode, 0x80 | payload.len() as u8];
+        let mask = [0x21, 0x43, 0x65, 0x87];
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        self.io.get_mut().write_all(&frame).await.unwrap();
+    }
+
+    async fn read_raw(&mut self) -> (u8, Vec<u8>) {
+        let b0 = self.io.read_u8().await.unwrap();
+        let b1 = self.io.read_u8().await.unwrap();
+        let mut len = (b1 & 0x7F) as u64;
+        if len == 126 {
+            len = self.io.read_u16().await.unwrap() as u64;
+        } else if len == 127 {
+            len = self.io.read_u64().await.unwrap();
+        }
+        let mask = if b1 & 0x80 != 0 {
+            let mut m = [0u8; 4];
+            self.io.read_exact(&mut m).await.unwrap();
+            Some(m)
+        } else {
+            None
+        };
+        let mut payload = vec![0u8; len as usize];
+        self.io.read_exact(&mut payload).await.unwrap();
+        if let Some(m) = mask {
+            for (i, b) in payload.iter_mut().enumerate() {
+                *b ^= m[i % 4];
+            }
+        }
+        (b0 & 0x0F, payload)
+    }
+
+    /// The next text message as JSON; answers pings, panics on close or after `WAIT`.
+    async fn next_json(&mut self) -> Value {
+        timeout(WAIT, async {
+            loop {
+                let (opcode, payload) = self.read_raw().await;
+                match opcode {
+                    0x1 => return serde_json::from_slice(&payload).unwrap(),
+                    0x8 => panic!("the server closed the socket: {payload:?}"),
+                    0x9 => self.write_frame(0xA, &payload).await,
+                    _ => {}
+                }
+            }
+        })
+        .await
+        .expect("a message from the server in time")
+    }
+
+    async fn close(mut self) {
+        self.write_frame(0x8, &1000u16.to_be_bytes()).await;
+    }
+}
+
+/// A loopback HTTP server whose every request hangs until `release` is sent; each accepted
+/// connection is reported on `hits`.
+struct Gate {
+    url: String,
+    hits: mpsc::UnboundedReceiver<()>,
+    release: watch::Sender<bool>,
+}
+
+impl Gate {
+    async fn start() -> Gate {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!(
+            "http://127.0.0.1:{}/gate",
+            listener.local_addr().unwrap().port()
+        );
+        let (hit_tx, hits) = mpsc::unbounded_channel();
+        let (release, released) = watch::channel(false);
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let hit_tx = hit_tx.clone();
+                let mut released = released.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 65536 {
+                        match sock.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let _ = hit_tx.send(());
+                    let _ = released.wait_for(|open| *open).await;
+                    let body = r#"{"released":true}"#;
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = sock.write_all(resp.as_bytes()).await;
+                    let _ = sock.shutdown().await;
+                });
+            }
+        });
+        Gate { url, hits, release }
+    }
+}
+
+async fn create_pipeline(app: &TestApp, token: &str, body: Value) -> String {
+    let r = app.post("/pipelines", &body, Some(token)).await;
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "{}",
+        r.text().await.unwrap()
+    );
+    let p: Value = r.json().await.unwrap();
+    p["id"].as_str().unwrap().to_owned()
+}
+
+async fn start_run(app: &TestApp, token: &str, pipeline: &str, input: Value) -> String {
+    let r = app
+        .post(
+            &format!("/pipelines/{pipeline}/runs"),
+            &json!({ "input": input }),
+            Some(token),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let run: Value = r.json().await.unwrap();
+    run["id"].as_str().unwrap().to_owned()
+}
+
+async fn run_status(app: &TestApp, token: &str, run: &str) -> Value {
+    let r = app.get(&format!("/runs/{run}"), Some(token)).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    r.json().await.unwrap()
+}
+
+/// Waits until `n` instances hold their `LISTEN` connection on this database (the listener
+/// connects in the background after start-up; a NOTIFY sent before that is not seen).
+async fn listeners_ready(app: &TestApp, n: i64) {
+    let db = app.db_client().await;
+    timeout(WAIT, async {
+        loop {
+            let row = db
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 \
+                     AND application_name = 'gathering-listener' AND state = 'idle' \
+                     AND query LIKE 'LISTEN%'",
+                    &[&app.db.name],
+                )
+                .await
+                .unwrap();
+            if row.get::<_, i64>(0) >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    })
+    .await
+    .expect("every instance is listening");
+}
+
+async fn notify(app: &TestApp, token: &str, title: &str) {
+    let r = app
+        .post(
+            "/tools/send_notification/invoke",
+            &json!({"params": {"title": title, "message": "from instance A"}}),
+            Some(token),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_on_instance_b_sees_a_run_executed_on_instance_a_and_only_its_owner_does() {
+    let db = TestDatabase::new().await;
+    let gate = Gate::start().await;
+    let Gate {
+        url: gate_url,
+        hits: mut gate_hits,
+        release,
+    } = gate;
+
+    // Instance B alone, room for one run at a time, which a hanging run takes.
+    let app_b = spawn_app_on(
+        &db,
+        &[
+            ("GATHERING__PIPELINE__MAX_CONCURRENT_RUNS", "1"),
+            ("GATHERING__TOOLS__HTTP_ALLOWED_HOSTS", "127.0.0.1"),
+        ],
+    )
+    .await;
+    let carol = app_b.user_token().await;
+    let blocker = create_pipeline(
+        &app_b,
+        &carol,
+        json!({"name": "blocker", "nodes": [
+            {"id": "t", "type": "trigger"},
+            {"id": "wait", "type": "action", "config": {"tool": "http_request",
+             "params": {"method": "GET", "url": gate_url, "timeout_ms": 120000}}}
+        ], "edges": [{"from": "t", "to": "wait"}]}),
+    )
+    .await;
+    let blocker_run = start_run(&app_b, &carol, &blocker, json!({})).await;
+    timeout(WAIT, gate_hits.recv())
+        .await
+        .expect("B's executor reaches the gate")
+        .unwrap();
+
+    // Instance A on the same database: the only executor with room now.
+    let app_a = spawn_app_on(&db, &[]).await;
+    let (ada, _, _) = app_a.register_and_login().await;
+    let (bob, _, _) = app_a.register_and_login().await;
+    listeners_ready(&app_a, 2).await;
+    let mut ada_ws = Ws::connect(&app_b, &ada).await;
+    let mut bob_ws = Ws::connect(&app_b, &bob).await;
+
+    // A notification created through A reaches Ada's socket on B.
+    notify(&app_a, &ada, "cross-instance hello").await;
+    let m = ada_ws.next_json().await;
+    assert_eq!(m["type"], "notification.created", "{m}");
+    assert_eq!(m["data"]["title"], "cross-instance hello", "{m}");
+    assert!(m["at"].is_string(), "{m}");
+
+    // A run started through A's HTTP API.
+    let pipeline = create_pipeline(
+        &app_a,
+        &ada,
+        json!({"name": "calc", "nodes": [
+            {"id": "t", "type": "trigger"},
+            {"id": "calc", "type": "action",
+             "config": {"tool": "calculator", "params": {"expression": "{{input.expr}}"}}}
+        ], "edges": [{"from": "t", "to": "calc"}]}),
+    )
+    .await;
+    let run = start_run(&app_a, &ada, &pipeline, json!({"expr": "6*7"})).await;
+
+    let mut kinds = Vec::new();
+    loop {
+        let m = ada_ws.next_json().await;
+        let kind = m["type"].as_str().unwrap().to_owned();
+        if kind.starts_with("run.") || kind.starts_with("node.") {
+            assert_eq!(m["data"]["run_id"], run.as_str(), "{m}");
+            assert_eq!(m["data"]["pipeline_id"], pipeline.as_str(), "{m}");
+        }
+        kinds.push(kind.clone());
+        if kind == "run.finished" {
+            assert_eq!(m["data"]["status"], "succeeded", "{m}");
+            break;
+        }
+    }
+    let pos = |k: &str| kinds.iter().position(|x| x == k);
+    let started = pos("run.started").unwrap_or_else(|| panic!("run.started in {kinds:?}"));
+    let succeeded = kinds.iter().filter(|k| *k == "node.succeeded").count();
+    assert_eq!(succeeded, 2, "one node.succeeded per node: {kinds:?}");
+    let first_node = kinds.iter().position(|k| k.starts_with("node.")).unwrap();
+    assert!(started < first_node, "run.started comes first: {kinds:?}");
+    assert_eq!(kinds.last().map(String::as_str), Some("run.finished"));
+
+    // The run ran on A: B was full the whole time (its blocker still hangs at the gate).
+    let r = run_status(&app_a, &ada, &run).await;
+    assert_eq!(r["status"], "succeeded", "{r}");
+    assert_eq!(
+        run_status(&app_b, &carol, &blocker_run).await["status"],
+        "running",
+        "B had no room for another run"
+    );
+
+    // Bob, on the same instance, saw none of Ada's events: his first message is his own.
+    notify(&app_a, &bob, "for bob").await;
+    let m = bob_ws.next_json().await;
+    assert_eq!(m["type"], "notification.created", "{m}");
+    assert_eq!(m["data"]["title"], "for bob", "{m}");
+
+    // Let the blocker finish; B reports it to Carol only, through its own bus.
+    release.send(true).unwrap();
+    let blocker_done = timeout(WAIT, async {
+        loop {
+            let r = run_status(&app_b, &carol, &blocker_run).await;
+            if r["status"] != "running" && r["status"] != "queued" {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the blocker finishes once released");
+    assert_eq!(blocker_done["status"], "succeeded", "{blocker_done}");
+
+    ada_ws.close().await;
+    bob_ws.close().await;
+    app_a.stop().await.unwrap();
+    app_b.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notification_created_through_instance_a_reaches_the_owners_socket_on_instance_b() {
+    let app_a = spawn_app_on(&TestDatabase::new().await, &[]).await;
+    let app_b = spawn_app_on(&app_a.db, &[]).await;
+    let ada = app_a.user_token().await;
+    let bob = app_a.user_token().await;
+    listeners_ready(&app_a, 2).await;
+    let mut ada_ws = Ws::connect(&app_b, &ada).await;
+    let mut bob_ws = Ws::connect(&app_b, &bob).await;
+
+    for i in 0..3 {
+        notify(&app_a, &ada, &format!("for ada {i}")).await;
+    }
+    notify(&app_a, &bob, "for bob").await;
+    for i in 0..3 {
+        let m = ada_ws.next_json().await;
+        assert_eq!(m["type"], "notification.created", "{m}");
+        assert_eq!(m["data"]["title"], format!("for ada {i}"), "in order: {m}");
+    }
+    // Bob's first message is his own: none of Ada's three reached him.
+    let m = bob_ws.next_json().await;
+    assert_eq!(m["type"], "notification.created", "{m}");
+    assert_eq!(m["data"]["title"], "for bob", "{m}");
+
+    // Stored once, by A, visible through B (same database).
+    let r = app_b.get("/notifications", Some(&ada)).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let list: Value = r.json().await.unwrap();
+    assert_eq!(list["items"].as_array().unwrap().len(), 3, "{list}");
+
+    ada_ws.close().await;
+    bob_ws.close().await;
+}
