@@ -209,6 +209,74 @@ async fn a_logout_on_one_instance_is_honoured_by_another_within_a_second() {
     }
 }
 
+/// Polls `GET /auth/me` on `app` until `done` holds for the response, for at most a second.
+async fn me_until(
+    app: &TestApp,
+    access: &str,
+    what: &str,
+    done: impl Fn(StatusCode, &Value) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    loop {
+        let r = app.get("/auth/me", Some(access)).await;
+        let status = r.status();
+        let body: Value = r.json().await.unwrap_or(Value::Null);
+        if done(status, &body) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: still {status} {body} after 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_changed_in_the_database_is_seen_by_every_instance_within_a_second() {
+    let a = spawn_app().await;
+    let b = spawn_app_on(&a.db, &[]).await;
+    let (access, _, email) = a.register_and_login().await;
+    // Both instances have served (and may have cached) the user row.
+    for app in [&a, &b] {
+        for _ in 0..3 {
+            let me: Value = app
+                .get("/auth/me", Some(&access))
+                .await
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(me["name"], "Test User");
+        }
+    }
+    // An operator changes the row behind the service's back.
+    let db = a.db_client().await;
+    db.execute(
+        "UPDATE auth.users SET name = 'Renamed' WHERE email = $1",
+        &[&email],
+    )
+    .await
+    .unwrap();
+    for app in [&a, &b] {
+        me_until(app, &access, "rename", |s, body| {
+            s == StatusCode::OK && body["name"] == "Renamed"
+        })
+        .await;
+    }
+    db.execute(
+        "UPDATE auth.users SET disabled = true WHERE email = $1",
+        &[&email],
+    )
+    .await
+    .unwrap();
+    for app in [&a, &b] {
+        me_until(app, &access, "disable", |s, _| {
+            s == StatusCode::UNAUTHORIZED
+        })
+        .await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_access_token_is_rejected() {
     let app = spawn_app_with(&[("GATHERING__AUTH__ACCESS_TTL_SECS", "3")]).await;

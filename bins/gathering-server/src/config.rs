@@ -62,6 +62,11 @@ pub struct AuthSettings {
     /// Concurrent password hashes; 0 = number of cores.
     pub hash_concurrency: usize,
     pub revocation_cache_capacity: usize,
+    /// Verified access tokens kept in memory; 0 disables.
+    pub token_cache_capacity: usize,
+    /// User rows kept in memory for `GET /auth/me`; 0 disables.
+    pub user_cache_capacity: usize,
+    pub user_cache_ttl_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -142,6 +147,9 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("auth.lockout_window_secs", "900"),
     ("auth.hash_concurrency", "0"),
     ("auth.revocation_cache_capacity", "100000"),
+    ("auth.token_cache_capacity", "10000"),
+    ("auth.user_cache_capacity", "10000"),
+    ("auth.user_cache_ttl_secs", "30"),
     ("rate_limit.auth_per_minute", "20"),
     ("rate_limit.write_per_minute", "300"),
     ("rate_limit.read_per_minute", "1200"),

@@ -27,6 +27,7 @@ use tracing_actix_web::TracingLogger;
 fn listen_channels() -> Vec<String> {
     vec![
         gathering_domain::auth::REVOCATION_CHANNEL.to_owned(),
+        gathering_domain::auth::USER_CHANGED_CHANNEL.to_owned(),
         gathering_events::EVENTS_CHANNEL.to_owned(),
         gathering_pipeline::executor::RUN_QUEUED_CHANNEL.to_owned(),
         gathering_pipeline::executor::RUN_CANCEL_CHANNEL.to_owned(),
@@ -141,6 +142,9 @@ impl Application {
                         settings.auth.hash_concurrency
                     },
                     revocation_cache_capacity: settings.auth.revocation_cache_capacity,
+                    token_cache_capacity: settings.auth.token_cache_capacity,
+                    user_cache_capacity: settings.auth.user_cache_capacity,
+                    user_cache_ttl: Duration::from_secs(settings.auth.user_cache_ttl_secs),
                     ..Default::default()
                 },
             )

@@ -22,6 +22,13 @@ pub struct AuthConfig {
     pub password_params: PasswordParams,
     /// Bound of the in-memory revocation cache (default 100 000 jtis).
     pub revocation_cache_capacity: usize,
+    /// Bound of the verified-access-token cache (default 10 000; 0 disables it).
+    pub token_cache_capacity: usize,
+    /// Bound of the user-row cache behind `GET /auth/me` (default 10 000; 0 disables it).
+    pub user_cache_capacity: usize,
+    /// Longest time a cached user row is served (default 30 s). Changes reach every instance
+    /// through LISTEN/NOTIFY well before that; the TTL only bounds an unforeseen miss.
+    pub user_cache_ttl: Duration,
     /// Allowance for clock differences between instances (default 60 s): revocations learnt
     /// from notifications are kept `access_ttl + clock_skew`; purges keep this margin too.
     pub clock_skew: Duration,
@@ -43,6 +50,9 @@ impl Default for AuthConfig {
             hash_wait_timeout: Duration::from_secs(10),
             password_params: PasswordParams::default(),
             revocation_cache_capacity: 100_000,
+            token_cache_capacity: 10_000,
+            user_cache_capacity: 10_000,
+            user_cache_ttl: Duration::from_secs(30),
             clock_skew: Duration::from_secs(60),
             rejected_audit_per_sec: 20,
         }

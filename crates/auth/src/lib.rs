@@ -3,6 +3,7 @@
 //! revocation cache that never makes a revoked token valid, per-account lockout and the audit
 //! trail. Depends only on the `gathering-domain` ports.
 
+pub mod cache;
 pub mod config;
 pub mod error;
 #[cfg(any(test, feature = "fakes"))]
@@ -12,6 +13,7 @@ pub mod revocation;
 pub mod service;
 pub mod tokens;
 
+pub use cache::{UserCache, VerifiedTokens};
 pub use config::AuthConfig;
 pub use error::AuthError;
 pub use password::{PasswordHasher, PasswordParams};

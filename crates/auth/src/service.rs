@@ -1,5 +1,6 @@
 //! `AuthService`: register, login, refresh, logout, authenticate, audit.
 
+use crate::cache::{UserCache, VerifiedTokens};
 use crate::config::AuthConfig;
 use crate::error::AuthError;
 use crate::password::PasswordHasher;
@@ -9,7 +10,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use gathering_domain::auth::{
     AuditEvent, AuditFilter, AuditKind, AuditRepository, Email, NewRefreshToken, NewUser, Password,
     REVOCATION_CHANNEL, RefreshTokenRepository, RequestMeta, RevocationRepository, RevokedToken,
-    Role, RotateOutcome, User, UserId, UserRepository,
+    Role, RotateOutcome, USER_CHANGED_CHANNEL, User, UserId, UserRepository,
 };
 use gathering_domain::notify::ListenerEvent;
 use gathering_domain::{Clock, FieldProblem, Page, PageRequest, RepoError};
@@ -103,6 +104,8 @@ pub struct AuthService {
     hasher: PasswordHasher,
     tokens: AccessTokens,
     cache: RevocationCache,
+    verified: VerifiedTokens,
+    users: UserCache,
     rejected_audit: AuditLimiter,
     lockout_audit: AuditLimiter,
     refresh_ttl: TimeDelta,
@@ -172,7 +175,13 @@ impl AuthService {
         let clock_skew = delta(config.clock_skew, "clock_skew")?;
         let cache =
             RevocationCache::new(config.revocation_cache_capacity, tokens.ttl() + clock_skew);
+        let users = UserCache::new(
+            config.user_cache_capacity,
+            delta(config.user_cache_ttl, "user_cache_ttl")?,
+        );
         Ok(Self {
+            verified: VerifiedTokens::new(config.token_cache_capacity),
+            users,
             refresh_ttl: delta(config.refresh_ttl, "refresh_ttl")?,
             lockout_window: delta(config.lockout_window, "lockout_window")?,
             clock_skew,
@@ -627,12 +636,26 @@ impl AuthService {
         meta: &RequestMeta,
     ) -> Result<AccessClaims, AuthError> {
         let now = self.clock.now();
-        let claims = match self.tokens.verify(access_token, now) {
+        let cached = match self.verified.get(access_token, now) {
             Ok(c) => c,
-            Err(e) => {
-                self.audit_rejected(meta, None, e.reason()).await;
+            Err(()) => {
+                self.audit_rejected(meta, None, TokenError::Expired.reason())
+                    .await;
                 return Err(AuthError::InvalidToken);
             }
+        };
+        let claims = match cached {
+            Some(c) => c,
+            None => match self.tokens.verify(access_token, now) {
+                Ok(c) => {
+                    self.verified.insert(access_token, &c);
+                    c
+                }
+                Err(e) => {
+                    self.audit_rejected(meta, None, e.reason()).await;
+                    return Err(AuthError::InvalidToken);
+                }
+            },
         };
         if self.is_revoked(&claims, now).await? {
             self.audit_rejected(meta, Some(claims.user_id), "revoked")
@@ -670,15 +693,25 @@ impl AuthService {
     pub async fn handle_listener_event(&self, ev: &ListenerEvent) {
         match ev {
             ListenerEvent::Connected => {
+                self.users.connected();
                 if let Err(e) = self.resync_revocations().await {
                     tracing::warn!(error = %e, "revocation cache warm-up failed; misses go to the database");
                 }
             }
-            ListenerEvent::Disconnected => self.cache.mark_unsynced(),
+            ListenerEvent::Disconnected => {
+                self.cache.mark_unsynced();
+                self.users.disconnected();
+            }
             ListenerEvent::Notification { channel, payload } if channel == REVOCATION_CHANNEL => {
                 match Uuid::parse_str(payload.trim()) {
                     Ok(jti) => self.cache.on_notification(jti, self.clock.now()),
                     Err(_) => tracing::warn!("ignoring malformed revocation notification"),
+                }
+            }
+            ListenerEvent::Notification { channel, payload } if channel == USER_CHANGED_CHANNEL => {
+                match Uuid::parse_str(payload.trim()) {
+                    Ok(id) => self.users.invalidate(id),
+                    Err(_) => tracing::warn!("ignoring malformed user-changed notification"),
                 }
             }
             ListenerEvent::Notification { .. } => {}
@@ -705,10 +738,27 @@ impl AuthService {
 
     /// The user behind verified claims (`GET /auth/me`); a deleted or disabled user → 401.
     pub async fn me(&self, claims: &AccessClaims) -> Result<User, AuthError> {
-        match self.repos.users.find_by_id(claims.user_id).await? {
+        let now = self.clock.now();
+        let user = match self.users.get(claims.user_id, now) {
+            Some(u) => Some(u),
+            None => {
+                let generation = self.users.generation();
+                let found = self.repos.users.find_by_id(claims.user_id).await?;
+                if let Some(u) = &found {
+                    self.users.insert(generation, u, now);
+                }
+                found
+            }
+        };
+        match user {
             Some(u) if !u.disabled => Ok(u),
             _ => Err(AuthError::InvalidToken),
         }
+    }
+
+    /// The user-row cache behind [`Self::me`].
+    pub fn user_cache(&self) -> &UserCache {
+        &self.users
     }
 
     /// Creates the configured admin or promotes the existing account (password unchanged).
@@ -735,6 +785,7 @@ impl AuthService {
                 password_hash,
             })
             .await?;
+        self.users.invalidate(user.id);
         Ok(user)
     }
 

@@ -7,7 +7,7 @@ use crate::{AuthConfig, AuthError, AuthService, KeyRing, TokenPair};
 use chrono::{TimeDelta, TimeZone, Utc};
 use gathering_domain::auth::{
     AuditFilter, AuditKind, Email, NewUser, REVOCATION_CHANNEL, RequestMeta, RevokedToken, Role,
-    UserRepository,
+    USER_CHANGED_CHANNEL, UserRepository,
 };
 use gathering_domain::notify::ListenerEvent;
 use gathering_domain::{ErrorCode, ErrorKind, ManualClock, PageRequest};
@@ -879,6 +879,73 @@ async fn malformed_or_foreign_notifications_are_ignored() {
         .await;
     assert!(h.svc.revocation_cache().is_empty());
     assert!(h.svc.revocation_cache().is_authoritative());
+}
+
+#[tokio::test]
+async fn me_serves_cached_rows_only_until_a_change_is_announced() {
+    let h = harness().await;
+    let user = h.register("ada@example.com").await;
+    let pair = h.login("ada@example.com").await;
+    let claims = h
+        .svc
+        .authenticate(&pair.access_token, &meta())
+        .await
+        .unwrap();
+    // Not synced yet: nothing is cached, every call reads the repository.
+    h.svc.me(&claims).await.unwrap();
+    assert!(h.svc.user_cache().is_empty());
+    h.sync_cache().await;
+    h.svc.me(&claims).await.unwrap();
+    assert_eq!(h.svc.user_cache().len(), 1);
+    // A change nobody announced is not seen while the entry is fresh ...
+    h.fakes.users.set_disabled(user.id, true);
+    assert!(h.svc.me(&claims).await.is_ok());
+    // ... and is seen as soon as the trigger's notification arrives.
+    h.svc
+        .handle_listener_event(&ListenerEvent::Notification {
+            channel: USER_CHANGED_CHANNEL.into(),
+            payload: user.id.to_string(),
+        })
+        .await;
+    assert_eq!(
+        h.svc.me(&claims).await.unwrap_err().kind(),
+        ErrorKind::Unauthorized
+    );
+    // Losing the listener empties the cache and stops using it.
+    h.fakes.users.set_disabled(user.id, false);
+    h.svc.user_cache().invalidate(user.id);
+    h.svc.me(&claims).await.unwrap();
+    assert_eq!(h.svc.user_cache().len(), 1);
+    h.svc
+        .handle_listener_event(&ListenerEvent::Disconnected)
+        .await;
+    assert!(h.svc.user_cache().is_empty());
+    h.fakes.users.set_disabled(user.id, true);
+    assert!(h.svc.me(&claims).await.is_err());
+}
+
+#[tokio::test]
+async fn a_cached_verification_still_expires_with_the_clock() {
+    let h = harness().await;
+    h.register("ada@example.com").await;
+    let pair = h.login("ada@example.com").await;
+    h.svc
+        .authenticate(&pair.access_token, &meta())
+        .await
+        .unwrap();
+    h.svc
+        .authenticate(&pair.access_token, &meta())
+        .await
+        .unwrap();
+    h.clock.advance(TimeDelta::seconds(901));
+    assert_eq!(
+        h.svc
+            .authenticate(&pair.access_token, &meta())
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::Unauthorized
+    );
 }
 
 // ------------------------------------------------------------------------- admin, audit, purge

@@ -229,6 +229,10 @@ pub trait RefreshTokenRepository: Send + Sync {
 /// Channel on which revocations are announced to every instance (LISTEN/NOTIFY).
 pub const REVOCATION_CHANNEL: &str = "gathering_revocations";
 
+/// Channel on which a trigger on `auth.users` announces every changed or deleted user
+/// (payload: the user id), so instances can drop cached rows.
+pub const USER_CHANGED_CHANNEL: &str = "gathering_users_changed";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RevokedToken {
     pub jti: Uuid,
