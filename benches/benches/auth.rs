@@ -61,11 +61,8 @@ fn revocation_lookup(c: &mut Criterion) {
     });
 }
 
-fn authenticate(c: &mut Criterion) {
-    let rt = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => panic!("runtime: {e}"),
-    };
+/// A synced service with one logged-in user; `token_cache_capacity` 0 verifies every time.
+fn service(rt: &tokio::runtime::Runtime, token_cache_capacity: usize) -> (AuthService, String) {
     let fakes = Fakes::new();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let config = AuthConfig {
@@ -74,35 +71,50 @@ fn authenticate(c: &mut Criterion) {
             t_cost: 1,
             p_cost: 1,
         },
+        token_cache_capacity,
         ..AuthConfig::default()
     };
     let meta = RequestMeta::default();
-    let (svc, token) = rt
-        .block_on(async {
-            let ring = KeyRing::from_key(&KeyRing::generate_key()).map_err(|e| e.to_string())?;
-            let svc = AuthService::new(fakes.repos(), clock, ring, config)
-                .await
-                .map_err(|e| e.to_string())?;
-            svc.handle_listener_event(&ListenerEvent::Connected).await;
-            svc.register(
-                "bench@example.com",
-                "bench password 123".into(),
-                "B".into(),
-                &meta,
-            )
+    rt.block_on(async {
+        let ring = KeyRing::from_key(&KeyRing::generate_key()).map_err(|e| e.to_string())?;
+        let svc = AuthService::new(fakes.repos(), clock, ring, config)
             .await
             .map_err(|e| e.to_string())?;
-            let pair = svc
-                .login("bench@example.com", "bench password 123".into(), &meta)
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok::<_, String>((svc, pair.access_token))
-        })
-        .unwrap_or_else(|e| panic!("setup: {e}"));
-    c.bench_function("authenticate_synced", |b| {
-        b.to_async(&rt)
-            .iter(|| svc.authenticate(black_box(&token), &meta))
-    });
+        svc.handle_listener_event(&ListenerEvent::Connected).await;
+        svc.register(
+            "bench@example.com",
+            "bench password 123".into(),
+            "B".into(),
+            &meta,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let pair = svc
+            .login("bench@example.com", "bench password 123".into(), &meta)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>((svc, pair.access_token))
+    })
+    .unwrap_or_else(|e| panic!("setup: {e}"))
+}
+
+/// The extractor's work per request: verification (or its cached outcome) plus revocation.
+fn authenticate(c: &mut Criterion) {
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => panic!("runtime: {e}"),
+    };
+    let meta = RequestMeta::default();
+    for (name, capacity) in [
+        ("authenticate_synced_token_cache", 10_000),
+        ("authenticate_synced_no_token_cache", 0),
+    ] {
+        let (svc, token) = service(&rt, capacity);
+        c.bench_function(name, |b| {
+            b.to_async(&rt)
+                .iter(|| svc.authenticate(black_box(&token), &meta))
+        });
+    }
 }
 
 criterion_group!(benches, tokens, revocation_lookup, authenticate);
