@@ -14,6 +14,8 @@ pub mod openai;
 pub mod service;
 pub mod settings;
 pub mod sse;
+/// Only with the `test-support` feature (tests), never in the server.
+#[cfg(any(test, feature = "test-support"))]
 pub mod test_support;
 pub mod wiring;
 

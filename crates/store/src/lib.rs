@@ -14,6 +14,8 @@ pub mod pool;
 pub mod projects;
 pub mod revocations;
 pub mod scheduler;
+/// Only with the `test-support` feature (tests and benches), never in the server.
+#[cfg(any(test, feature = "test-support"))]
 pub mod test_support;
 pub mod tokens;
 pub mod users;

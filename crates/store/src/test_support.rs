@@ -2,7 +2,7 @@
 //!
 //! `TEST_DATABASE_URL` points at a server (default `postgres://postgres@127.0.0.1:5432/postgres`);
 //! each [`TestDb`] creates a database named by a fresh UUID there and migrates it. Databases are
-//! left behind for inspection; `.ci/run` uses a throw-away server.
+//! left behind for inspection; `.ci/run` drops every `gathering_test_*` database when it starts.
 
 use crate::error::StoreError;
 use crate::pool::{PgPool, PoolSettings, connect};
