@@ -128,8 +128,10 @@ where
     fn from(e: E) -> Self {
         let kind = e.kind();
         let message = e.public_message();
+        // API.md: every 429 and 503 carries Retry-After; errors that know no better (a
+        // provider's 429 without the header, a pool timeout) get one second.
         let retry_after = e.retry_after().or(match kind {
-            ErrorKind::Unavailable => Some(Duration::from_secs(1)),
+            ErrorKind::Unavailable | ErrorKind::RateLimited => Some(Duration::from_secs(1)),
             _ => None,
         });
         ApiError {
@@ -196,6 +198,31 @@ mod tests {
         assert!(!body.contains("secret"), "{body}");
         assert!(body.contains("rid"));
         assert!(e.cause_chain().contains("secret db detail"));
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("upstream said slow down")]
+    struct Upstream429;
+    impl ErrorCode for Upstream429 {
+        fn kind(&self) -> ErrorKind {
+            ErrorKind::RateLimited
+        }
+        fn code(&self) -> &'static str {
+            "provider_rate_limited"
+        }
+    }
+
+    #[test]
+    fn a_429_without_a_known_delay_still_carries_retry_after() {
+        let e: ApiError = Upstream429.into();
+        let res = e.error_response();
+        assert_eq!(res.status().as_u16(), 429);
+        assert_eq!(
+            res.headers()
+                .get(header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok()),
+            Some("1")
+        );
     }
 
     #[test]
