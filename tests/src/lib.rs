@@ -2,6 +2,8 @@
 //! returns a [`TestApp`] that talks to it over HTTP.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod ws;
+
 use gathering_server::{Application, Settings};
 use rand::RngCore;
 use reqwest::{Response, StatusCode};

@@ -5,106 +5,17 @@
 //! To make sure the run really executes on A, instance B is started alone with
 //! `MAX_CONCURRENT_RUNS=1` and kept busy with a run that hangs on a loopback HTTP "gate"; only
 //! then is A started, so A's executor is the only one with room for the run under test.
-//!
-//! The WebSocket client is a minimal RFC 6455 client over a plain `TcpStream`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use gathering_tests::ws::{WAIT, Ws};
 use gathering_tests::{TestApp, TestDatabase, spawn_app_on};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::time::timeout;
-
-const WAIT: Duration = Duration::from_secs(20);
-
-struct Ws {
-    io: BufReader<TcpStream>,
-}
-
-impl Ws {
-    /// Upgrades `GET /api/v1/ws?access_token=…` on `app`; panics unless the answer is 101.
-    async fn connect(app: &TestApp, token: &str) -> Ws {
-        let stream = TcpStream::connect(("127.0.0.1", app.port)).await.unwrap();
-        let mut io = BufReader::new(stream);
-        let request = format!(
-            "GET /api/v1/ws?access_token={token} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n\
-             Upgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-            app.port
-        );
-        io.get_mut().write_all(request.as_bytes()).await.unwrap();
-        let mut head = Vec::new();
-        while !head.ends_with(b"\r\n\r\n") {
-            head.push(timeout(WAIT, io.read_u8()).await.unwrap().unwrap());
-            assert!(head.len() < 16 * 1024, "response head too long");
-        }
-        let head = String::from_utf8(head).unwrap();
-        assert!(
-            head.starts_with("HTTP/1.1 101"),
-            "the upgrade is accepted: {head}"
-        );
-        Ws { io }
-    }
-
-    async fn write_frame(&mut self, opcode: u8, payload: &[u8]) {
-        assert!(payload.len() < 126, "control frames only");
-        let mut frame = vec![0x80 | opcode, 0x80 | payload.len() as u8];
-        let mask = [0x21, 0x43, 0x65, 0x87];
-        frame.extend_from_slice(&mask);
-        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        self.io.get_mut().write_all(&frame).await.unwrap();
-    }
-
-    async fn read_raw(&mut self) -> (u8, Vec<u8>) {
-        let b0 = self.io.read_u8().await.unwrap();
-        let b1 = self.io.read_u8().await.unwrap();
-        let mut len = (b1 & 0x7F) as u64;
-        if len == 126 {
-            len = self.io.read_u16().await.unwrap() as u64;
-        } else if len == 127 {
-            len = self.io.read_u64().await.unwrap();
-        }
-        let mask = if b1 & 0x80 != 0 {
-            let mut m = [0u8; 4];
-            self.io.read_exact(&mut m).await.unwrap();
-            Some(m)
-        } else {
-            None
-        };
-        let mut payload = vec![0u8; len as usize];
-        self.io.read_exact(&mut payload).await.unwrap();
-        if let Some(m) = mask {
-            for (i, b) in payload.iter_mut().enumerate() {
-                *b ^= m[i % 4];
-            }
-        }
-        (b0 & 0x0F, payload)
-    }
-
-    /// The next text message as JSON; answers pings, panics on close or after `WAIT`.
-    async fn next_json(&mut self) -> Value {
-        timeout(WAIT, async {
-            loop {
-                let (opcode, payload) = self.read_raw().await;
-                match opcode {
-                    0x1 => return serde_json::from_slice(&payload).unwrap(),
-                    0x8 => panic!("the server closed the socket: {payload:?}"),
-                    0x9 => self.write_frame(0xA, &payload).await,
-                    _ => {}
-                }
-            }
-        })
-        .await
-        .expect("a message from the server in time")
-    }
-
-    async fn close(mut self) {
-        self.write_frame(0x8, &1000u16.to_be_bytes()).await;
-    }
-}
 
 /// A loopback HTTP server whose every request hangs until `release` is sent; each accepted
 /// connection is reported on `hits`.
@@ -260,8 +171,12 @@ async fn a_socket_on_instance_b_sees_a_run_executed_on_instance_a_and_only_its_o
     let (ada, _, _) = app_a.register_and_login().await;
     let (bob, _, _) = app_a.register_and_login().await;
     listeners_ready(&app_a, 2).await;
-    let mut ada_ws = Ws::connect(&app_b, &ada).await;
-    let mut bob_ws = Ws::connect(&app_b, &bob).await;
+    let mut ada_ws = Ws::connect(&app_b, &format!("?access_token={ada}"))
+        .await
+        .unwrap();
+    let mut bob_ws = Ws::connect(&app_b, &format!("?access_token={bob}"))
+        .await
+        .unwrap();
 
     // A notification created through A reaches Ada's socket on B.
     notify(&app_a, &ada, "cross-instance hello").await;
@@ -348,8 +263,12 @@ async fn a_notification_created_through_instance_a_reaches_the_owners_socket_on_
     let ada = app_a.user_token().await;
     let bob = app_a.user_token().await;
     listeners_ready(&app_a, 2).await;
-    let mut ada_ws = Ws::connect(&app_b, &ada).await;
-    let mut bob_ws = Ws::connect(&app_b, &bob).await;
+    let mut ada_ws = Ws::connect(&app_b, &format!("?access_token={ada}"))
+        .await
+        .unwrap();
+    let mut bob_ws = Ws::connect(&app_b, &format!("?access_token={bob}"))
+        .await
+        .unwrap();
 
     for i in 0..3 {
         notify(&app_a, &ada, &format!("for ada {i}")).await;
