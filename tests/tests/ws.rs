@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use gathering_tests::ws::{Frame, WAIT, Ws};
-use gathering_tests::{TestApp, assert_error, spawn_app};
+use gathering_tests::{TestApp, assert_error, spawn_app, spawn_app_with};
 use reqwest::StatusCode;
 use serde_json::json;
 use tokio::time::timeout;
@@ -124,4 +124,66 @@ async fn shutdown_closes_sockets_with_a_going_away_close_frame() {
         Frame::Text(v) => panic!("expected a close frame, got {v}"),
     }
     timeout(WAIT, stopping).await.unwrap().unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_pings_and_closes_a_client_that_stays_silent() {
+    let app = spawn_app_with(&[
+        ("GATHERING__EVENTS__WS_HEARTBEAT_SECS", "1"),
+        ("GATHERING__EVENTS__WS_CLIENT_TIMEOUT_SECS", "2"),
+    ])
+    .await;
+    let token = app.user_token().await;
+
+    // A client that answers pings stays connected past the timeout.
+    let mut polite = Ws::connect(&app, &format!("?access_token={token}"))
+        .await
+        .unwrap();
+    let mut silent = Ws::connect(&app, &format!("?access_token={token}"))
+        .await
+        .unwrap();
+    // `next_json` answers pings while it waits for the message sent below.
+    let polite = tokio::spawn(async move {
+        let m = polite.next_json().await;
+        polite.close().await;
+        m
+    });
+    // The silent one reads frames but never answers: pings arrive, then a 1008 close.
+    let (pings, close) = timeout(WAIT, async {
+        let mut pings = 0;
+        loop {
+            let (opcode, payload) = silent.read_raw().await;
+            match opcode {
+                0x9 => pings += 1,
+                0x8 => {
+                    let code =
+                        (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+                    return (pings, code);
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the silent client is closed in time");
+    assert!(pings >= 1, "the server pinged before giving up");
+    assert_eq!(close, Some(1008));
+
+    // Meanwhile the client answering pings is still served.
+    notify(&app, &token, "still here").await;
+    let m = polite.await.unwrap();
+    assert_eq!(m["data"]["title"], "still here");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_is_closed_when_its_access_token_expires() {
+    let app = spawn_app_with(&[("GATHERING__AUTH__ACCESS_TTL_SECS", "2")]).await;
+    let token = app.user_token().await;
+    let mut ws = Ws::connect(&app, &format!("?access_token={token}"))
+        .await
+        .unwrap();
+    match ws.next().await {
+        Frame::Close(code) => assert_eq!(code, Some(1008)),
+        Frame::Text(v) => panic!("expected a close frame, got {v}"),
+    }
 }

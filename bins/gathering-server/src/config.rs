@@ -106,6 +106,10 @@ pub struct EventsSettings {
     pub history_per_user: usize,
     pub max_users_in_history: usize,
     pub subscriber_capacity: usize,
+    /// WebSocket ping interval (at least 1 s).
+    pub ws_heartbeat_secs: u64,
+    /// A WebSocket client silent (no pong, no message) for this long is closed with 1008.
+    pub ws_client_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -172,6 +176,8 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("events.history_per_user", "200"),
     ("events.max_users_in_history", "10000"),
     ("events.subscriber_capacity", "1024"),
+    ("events.ws_heartbeat_secs", "15"),
+    ("events.ws_client_timeout_secs", "45"),
 ];
 
 impl Settings {

@@ -244,6 +244,11 @@ impl Application {
         let stop = CancellationToken::new();
         let shutdown_signal = web::Data::new(gathering_events::Shutdown(stop.clone()));
         let bus = web::Data::new(bus);
+        let ws_config = web::Data::new(gathering_api::routes::ws::WsConfig {
+            heartbeat_interval: Duration::from_secs(settings.events.ws_heartbeat_secs.max(1)),
+            client_timeout: Duration::from_secs(settings.events.ws_client_timeout_secs.max(1)),
+            ..Default::default()
+        });
         let tools = web::Data::from(engines.tools.clone());
         let notifications = web::Data::new(engines.notifications.clone());
         let agents = web::Data::from(engines.llm.agents.clone());
@@ -273,6 +278,7 @@ impl Application {
                 .app_data(projects.clone())
                 .app_data(shutdown_signal.clone())
                 .app_data(bus.clone())
+                .app_data(ws_config.clone())
                 .app_data(tools.clone())
                 .app_data(notifications.clone())
                 .app_data(agents.clone())
