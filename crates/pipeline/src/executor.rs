@@ -862,7 +862,24 @@ impl Driver {
                         return;
                     }
                 };
+                let policy = node.retry.clone().unwrap_or_default();
                 let prev_attempts = self.state[i].attempts;
+                if prev_attempts > attempt_budget(&policy) {
+                    // The one re-run past the budget (see `NodeExec::run`) was interrupted too.
+                    self.fail(
+                        i,
+                        NodeFailure::new(
+                            "attempts_exhausted",
+                            format!(
+                                "interrupted during its last attempt and again during its re-run \
+                                 ({prev_attempts} attempts started, max_attempts {})",
+                                policy.max_attempts
+                            ),
+                        ),
+                        now,
+                    );
+                    return;
+                }
                 let n = &mut self.state[i];
                 n.status = NodeStatus::Running;
                 n.started_at = Some(now);
@@ -879,7 +896,7 @@ impl Driver {
                     pipeline_id: self.run.pipeline_id,
                     owner_id: self.run.owner_id,
                     node_id: node.id.clone(),
-                    policy: node.retry.clone().unwrap_or_default(),
+                    policy,
                     timeout: node
                         .timeout_ms
                         .map(Duration::from_millis)
@@ -1071,14 +1088,33 @@ fn target_of(call: &NodeCall) -> String {
     }
 }
 
+/// The attempt budget of a node: `max_attempts` (at least 1) as an attempt count.
+fn attempt_budget(policy: &RetryPolicy) -> i32 {
+    i32::try_from(policy.max_attempts.max(1)).unwrap_or(i32::MAX)
+}
+
 impl NodeExec {
+    /// Runs attempts until one succeeds, a failure is not retryable, or the budget is spent.
+    ///
+    /// `max_attempts` bounds the attempts of a node across every execution of its run, crash
+    /// and drain resumes included. `node_runs.attempts` counts the attempts *started* (it is
+    /// persisted before each attempt begins, so an attempt in flight is already counted), and
+    /// `prev_attempts` — that count as loaded on resume — is budget already spent. A node found
+    /// mid-flight on resume runs again with the same idempotency key, and that re-run is a new
+    /// attempt:
+    /// - with budget left (`prev_attempts < max_attempts`) it is attempt `prev_attempts + 1`,
+    ///   and retries continue only while the total stays within `max_attempts`;
+    /// - if the interrupted attempt was the last one (`prev_attempts == max_attempts`) the node
+    ///   still gets exactly one re-run (recorded as attempt `max_attempts + 1`, never retried),
+    ///   so it is not failed over an attempt whose outcome nobody saw;
+    /// - if that extra re-run is interrupted as well (`prev_attempts > max_attempts`) the driver
+    ///   fails the node with `attempts_exhausted` without calling it again.
     async fn run(self, call: NodeCall) -> NodeOutcome {
         let target = target_of(&call);
-        let max = self.policy.max_attempts.max(1);
+        let max = attempt_budget(&self.policy);
         let mut attempts = self.prev_attempts;
-        let mut k = 0;
         loop {
-            k += 1;
+            // The driver persisted the first attempt of this execution; `record` the others.
             attempts += 1;
             let (result, retryable) = self.attempt(&call, &target).await;
             match result {
@@ -1088,35 +1124,21 @@ impl NodeExec {
                         result: Ok(v),
                     };
                 }
-                Err(f) if retryable && k < max => {
-                    let wait = backoff(&self.policy, k);
+                Err(f) if retryable && attempts < max => {
+                    let failed = u32::try_from(attempts).unwrap_or(u32::MAX);
+                    let wait = backoff(&self.policy, failed);
                     self.inner.deps.events.publish(Event::new(
                         self.owner_id,
                         "node.retrying",
                         json!({"run_id": self.run_id, "pipeline_id": self.pipeline_id, "node_id": self.node_id,
                                "attempt": attempts, "error": f.error, "backoff_ms": wait.as_millis() as u64}),
                     ));
-                    // Record the failed attempt (visible in GET /runs/{id}); best effort.
-                    let nr = NodeRun {
-                        node_id: self.node_id.clone(),
-                        status: NodeStatus::Running,
-                        attempts,
-                        output: None,
-                        error: Some(f.error.clone()),
-                        started_at: Some(self.started_at),
-                        finished_at: None,
-                        wake_at: None,
-                    };
-                    if let Err(e) = self
-                        .inner
-                        .deps
-                        .runs
-                        .apply(self.run_id, self.inner.instance_id, &[nr], RunCommit::Nodes)
-                        .await
-                    {
-                        debug!(error = %e, "recording a retry failed");
-                    }
+                    // The failed attempt, visible in GET /runs/{id} during the backoff.
+                    self.record(attempts, &f.error).await;
                     self.inner.sleeper.sleep(wait).await;
+                    // The next attempt counts as started before it is made, so a crash while it
+                    // is in flight cannot hand it back to the budget on resume.
+                    self.record(attempts + 1, &f.error).await;
                 }
                 Err(f) => {
                     return NodeOutcome {
@@ -1125,6 +1147,30 @@ impl NodeExec {
                     };
                 }
             }
+        }
+    }
+
+    /// Persists the node as running with `attempts` started and the last error; best effort
+    /// (a lost lease or failing store surfaces on the driver's next commit).
+    async fn record(&self, attempts: i32, error: &RunError) {
+        let nr = NodeRun {
+            node_id: self.node_id.clone(),
+            status: NodeStatus::Running,
+            attempts,
+            output: None,
+            error: Some(error.clone()),
+            started_at: Some(self.started_at),
+            finished_at: None,
+            wake_at: None,
+        };
+        if let Err(e) = self
+            .inner
+            .deps
+            .runs
+            .apply(self.run_id, self.inner.instance_id, &[nr], RunCommit::Nodes)
+            .await
+        {
+            debug!(error = %e, "recording a retry failed");
         }
     }
 

@@ -33,6 +33,8 @@ struct FakeTools {
     slow_succeeds: AtomicBool,
     slow_release: Notify,
     barrier: Mutex<Option<Arc<tokio::sync::Barrier>>>,
+    /// `fragile`: once `flaky_left` is used up, block like `slow` (true) or fail with a 503.
+    fragile_blocks: AtomicBool,
 }
 
 struct DropFlag<'a>(&'a AtomicBool);
@@ -86,6 +88,19 @@ impl ToolInvoker for FakeTools {
                 retryable: true,
                 status: Some(500),
             }),
+            "fragile" => {
+                if self.flaky_left.load(Ordering::SeqCst) > 0 {
+                    self.flaky_left.fetch_sub(1, Ordering::SeqCst);
+                } else if self.fragile_blocks.load(Ordering::SeqCst) {
+                    self.slow_started.notify_one();
+                    std::future::pending::<()>().await;
+                }
+                Err(ToolError::Failed {
+                    message: "503 from upstream".into(),
+                    retryable: true,
+                    status: Some(503),
+                })
+            }
             "barrier" => {
                 let b = self.barrier.lock().clone().unwrap();
                 b.wait().await;
@@ -682,6 +697,109 @@ async fn runs_rescued_too_often_are_abandoned() {
     let d = h.detail(run).await;
     assert_eq!(d.run.status, RunStatus::Failed);
     assert_eq!(d.run.error.unwrap().code, "abandoned");
+}
+
+/// Lets an instance run `run` until a node blocks in `fragile`/`slow`, kills the instance
+/// (no release: the lease stays) and lets the lease expire and the rescuer requeue the run.
+async fn crash_mid_flight(h: &H, run: Uuid) {
+    let exec = harness_peer(h);
+    let crashed = tokio::spawn(async move { exec.run_until_idle().await });
+    tokio::time::timeout(LIMIT, h.tools.slow_started.notified())
+        .await
+        .unwrap();
+    crashed.abort();
+    let _ = crashed.await;
+    h.manual
+        .as_ref()
+        .unwrap()
+        .advance(chrono::Duration::seconds(31));
+    let report = h.exec.rescue_stale().await.unwrap();
+    assert_eq!(report.requeued, vec![run]);
+}
+
+fn fragile_pipeline(max_attempts: u32) -> Value {
+    let mut node = action("f", "fragile", json!({}));
+    node["retry"] = json!({"max_attempts": max_attempts, "initial_backoff_ms": 10});
+    json!({"nodes": [node], "edges": []})
+}
+
+fn no_breaker() -> ExecutorConfig {
+    ExecutorConfig {
+        breaker_failures: 100,
+        ..cfg()
+    }
+}
+
+#[tokio::test]
+async fn a_node_resumed_mid_retry_only_makes_the_attempts_left_in_its_budget() {
+    let h = harness_with(true, no_breaker(), None);
+    // Attempt 1 fails, attempt 2 is in flight when the instance dies.
+    h.tools.flaky_left.store(1, Ordering::SeqCst);
+    h.tools.fragile_blocks.store(true, Ordering::SeqCst);
+    let run = h.start(fragile_pipeline(3), json!({})).await;
+    crash_mid_flight(&h, run).await;
+    assert_eq!(h.tools.count("fragile"), 2);
+    assert_eq!(
+        h.node(run, "f").await.attempts,
+        2,
+        "the in-flight attempt counts"
+    );
+    // From now on every call fails retryably.
+    h.tools.fragile_blocks.store(false, Ordering::SeqCst);
+    h.idle().await;
+    let d = h.detail(run).await;
+    assert_eq!(d.run.status, RunStatus::Failed, "{:?}", d.run.error);
+    assert_eq!(
+        h.tools.count("fragile"),
+        3,
+        "max_attempts bounds the calls across the resume"
+    );
+    let f = h.node(run, "f").await;
+    assert_eq!(f.status, NodeStatus::Failed);
+    assert_eq!(f.attempts, 3);
+    let keys: Vec<Option<String>> = h.tools.calls.lock().iter().map(|c| c.2.clone()).collect();
+    assert!(
+        keys.iter().all(|k| *k == Some(format!("{run}:f"))),
+        "{keys:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_node_interrupted_in_its_last_attempt_is_rerun_exactly_once_without_retries() {
+    let h = harness_with(true, no_breaker(), None);
+    // Attempt 1 fails, attempt 2 (the last of 2) is in flight when the instance dies.
+    h.tools.flaky_left.store(1, Ordering::SeqCst);
+    h.tools.fragile_blocks.store(true, Ordering::SeqCst);
+    let run = h.start(fragile_pipeline(2), json!({})).await;
+    crash_mid_flight(&h, run).await;
+    assert_eq!(h.tools.count("fragile"), 2);
+    h.tools.fragile_blocks.store(false, Ordering::SeqCst);
+    h.idle().await;
+    let d = h.detail(run).await;
+    assert_eq!(d.run.status, RunStatus::Failed, "{:?}", d.run.error);
+    assert_eq!(d.run.error.unwrap().code, "tool_failed");
+    assert_eq!(h.tools.count("fragile"), 3, "one re-run, not retried");
+    assert_eq!(h.node(run, "f").await.attempts, 3);
+}
+
+#[tokio::test]
+async fn a_node_whose_extra_rerun_is_interrupted_too_fails_without_another_call() {
+    let h = harness_with(true, no_breaker(), None);
+    // The only attempt is in flight when the instance dies, and so is its one re-run.
+    h.tools.fragile_blocks.store(true, Ordering::SeqCst);
+    let run = h.start(fragile_pipeline(1), json!({})).await;
+    crash_mid_flight(&h, run).await;
+    crash_mid_flight(&h, run).await;
+    assert_eq!(h.tools.count("fragile"), 2);
+    h.tools.fragile_blocks.store(false, Ordering::SeqCst);
+    h.idle().await;
+    let d = h.detail(run).await;
+    assert_eq!(d.run.status, RunStatus::Failed, "{:?}", d.run.error);
+    assert_eq!(d.run.error.unwrap().code, "attempts_exhausted");
+    assert_eq!(h.tools.count("fragile"), 2, "no third call");
+    let f = h.node(run, "f").await;
+    assert_eq!(f.status, NodeStatus::Failed);
+    assert_eq!(f.attempts, 2);
 }
 
 fn harness_peer(h: &H) -> Executor {

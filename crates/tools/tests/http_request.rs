@@ -314,3 +314,86 @@ async fn invalid_parameters_are_all_listed_before_any_request() {
     fields.sort_unstable();
     assert_eq!(fields, ["/headers/a", "/method", "/timeout_ms", "/url"]);
 }
+
+async fn call_with_key(
+    h: &support::Harness,
+    key: Option<&str>,
+    params: Value,
+) -> Result<Value, ToolError> {
+    let mut c = ctx(Uuid::now_v7());
+    c.idempotency_key = key.map(str::to_owned);
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        h.registry.invoke(&c, "http_request", params),
+    )
+    .await
+    .expect("http_request hung")
+}
+
+#[tokio::test]
+async fn the_invocation_idempotency_key_is_sent_as_the_idempotency_key_header() {
+    let srv = TestServer::start().await;
+    let h = harness(loopback_config());
+    let key = format!("{}:notify", Uuid::now_v7());
+    call_with_key(
+        &h,
+        Some(&key),
+        json!({"method": "POST", "url": srv.url("/webhook"), "body": {"a": 1}}),
+    )
+    .await
+    .unwrap();
+    let recorded = srv.recorded();
+    assert_eq!(recorded.len(), 1);
+    assert_eq!(
+        recorded[0].headers.get("idempotency-key"),
+        Some(&key),
+        "{:?}",
+        recorded[0].headers
+    );
+}
+
+#[tokio::test]
+async fn no_idempotency_key_header_is_sent_without_a_key() {
+    let srv = TestServer::start().await;
+    let h = harness(loopback_config());
+    call_with_key(
+        &h,
+        None,
+        json!({"method": "POST", "url": srv.url("/webhook"), "body": {"a": 1}}),
+    )
+    .await
+    .unwrap();
+    let recorded = srv.recorded();
+    assert_eq!(recorded.len(), 1);
+    assert!(
+        !recorded[0].headers.contains_key("idempotency-key"),
+        "{:?}",
+        recorded[0].headers
+    );
+}
+
+#[tokio::test]
+async fn an_explicit_idempotency_key_header_wins_over_the_invocation_key() {
+    let srv = TestServer::start().await;
+    let h = harness(loopback_config());
+    call_with_key(
+        &h,
+        Some("run:node"),
+        json!({
+            "method": "POST",
+            "url": srv.url("/webhook"),
+            "headers": {"idempotency-KEY": "caller-chosen"}
+        }),
+    )
+    .await
+    .unwrap();
+    let recorded = srv.recorded();
+    assert_eq!(recorded.len(), 1);
+    assert_eq!(
+        recorded[0]
+            .headers
+            .get("idempotency-key")
+            .map(String::as_str),
+        Some("caller-chosen")
+    );
+}

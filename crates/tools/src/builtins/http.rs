@@ -157,9 +157,31 @@ pub fn status_error(resp: &HttpResponse) -> ToolError {
     }
 }
 
+/// The `Idempotency-Key` request header.
+pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+
+/// Sends the invocation's idempotency key (pipeline nodes pass `run_id:node_id`, stable
+/// across retries and crash-resumes) as `Idempotency-Key`, so a server that honours it can
+/// drop a repeated call. A header the caller set explicitly (any case) wins; a key that is
+/// not a valid header value is not sent.
+fn add_idempotency_key(headers: &mut HeaderMap, ctx: &ToolContext) {
+    if headers.contains_key(&IDEMPOTENCY_KEY) {
+        return;
+    }
+    let Some(key) = ctx.idempotency_key.as_deref() else {
+        return;
+    };
+    match HeaderValue::from_str(key) {
+        Ok(value) => {
+            headers.insert(IDEMPOTENCY_KEY, value);
+        }
+        Err(_) => tracing::debug!("idempotency key is not a valid header value; not sent"),
+    }
+}
+
 #[async_trait]
 impl AsyncTool for HttpRequestTool {
-    async fn call(&self, _ctx: &ToolContext, params: Value) -> Result<Value, ToolError> {
+    async fn call(&self, ctx: &ToolContext, params: Value) -> Result<Value, ToolError> {
         let p: Params = parse_params(params)?;
         let method = Method::from_bytes(p.method.to_ascii_uppercase().as_bytes())
             .map_err(|_| invalid("/method", "unknown method"))?;
@@ -182,6 +204,7 @@ impl AsyncTool for HttpRequestTool {
         if !problems.is_empty() {
             return Err(ToolError::InvalidParams(problems));
         }
+        add_idempotency_key(&mut headers, ctx);
         let body = match p.body {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) => Some(Bytes::from(s)),
