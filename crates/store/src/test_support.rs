@@ -55,6 +55,99 @@ impl TestDb {
     }
 }
 
+/// A TCP proxy in front of the test server that counts the statements clients execute, read
+/// off the PostgreSQL wire protocol: every `Bind` (one execution of a prepared statement, which
+/// is how `query`/`execute` run) and every non-empty simple `Query`. Pool health checks (empty
+/// simple queries) and `Parse`/`Describe` of a first use are not executions and not counted. So a
+/// test can prove how many statements an operation sends, whatever the code under test claims.
+pub struct CountingProxy {
+    /// `admin_url()` with the proxy's address; pair with [`with_database`].
+    pub url: String,
+    executed: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl CountingProxy {
+    pub async fn start() -> std::io::Result<CountingProxy> {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let admin = admin_url();
+        let config: tokio_postgres::Config = admin
+            .parse()
+            .map_err(|e| std::io::Error::other(format!("TEST_DATABASE_URL: {e}")))?;
+        let host = match config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+            _ => "127.0.0.1".to_owned(),
+        };
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let local = listener.local_addr()?;
+        let url = format!(
+            "postgres://{}@127.0.0.1:{}/postgres",
+            config.get_user().unwrap_or("postgres"),
+            local.port()
+        );
+        let executed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = executed.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect((host.as_str(), port)).await else {
+                    continue;
+                };
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut sr, &mut cw).await;
+                    });
+                    // Client → server: untyped start-up packets (SSL/GSS requests, then the
+                    // startup message), then typed messages.
+                    let mut started = false;
+                    loop {
+                        let mut kind = [0u8; 1];
+                        if started && cr.read_exact(&mut kind).await.is_err() {
+                            break;
+                        }
+                        let mut len = [0u8; 4];
+                        if cr.read_exact(&mut len).await.is_err() {
+                            break;
+                        }
+                        let n = u32::from_be_bytes(len) as usize;
+                        let mut body = vec![0u8; n.saturating_sub(4)];
+                        if cr.read_exact(&mut body).await.is_err() {
+                            break;
+                        }
+                        if !started {
+                            let code = body
+                                .get(..4)
+                                .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
+                            // 80877103 = SSLRequest, 80877104 = GSSENCRequest: more start-up follows.
+                            started = !matches!(code, Some(80_877_103 | 80_877_104));
+                        } else if kind[0] == b'B' || (kind[0] == b'Q' && body.first() != Some(&0)) {
+                            counter.fetch_add(1, Ordering::SeqCst);
+                        }
+                        let mut packet = Vec::with_capacity(n + 1);
+                        if kind[0] != 0 {
+                            packet.push(kind[0]);
+                        }
+                        packet.extend_from_slice(&len);
+                        packet.extend_from_slice(&body);
+                        if sw.write_all(&packet).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        Ok(CountingProxy { url, executed })
+    }
+
+    /// Statements executed through the proxy so far.
+    pub fn executed(&self) -> u64 {
+        self.executed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

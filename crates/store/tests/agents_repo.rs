@@ -8,8 +8,8 @@ use gathering_domain::agents::{
 };
 use gathering_domain::{PageRequest, RepoError};
 use gathering_store::agents::PgAgentStore;
-use gathering_store::pool::conn;
-use gathering_store::test_support::TestDb;
+use gathering_store::pool::{PoolSettings, conn, connect};
+use gathering_store::test_support::{CountingProxy, TestDb, with_database};
 use uuid::Uuid;
 
 async fn user(db: &TestDb) -> Uuid {
@@ -275,9 +275,21 @@ async fn get_circle_loads_members_agents_and_providers_in_one_query() {
         .await
         .unwrap();
 
-    let before = store.queries();
-    let detail = store.get_circle(owner, circle.id).await.unwrap().unwrap();
-    assert_eq!(store.queries() - before, 1, "get_circle must be one query");
+    // Count on the wire, through a proxy, what get_circle really sends (PERF-02).
+    let proxy = CountingProxy::start().await.unwrap();
+    let counted = PgAgentStore::new(
+        connect(
+            &with_database(&proxy.url, &db.name),
+            &PoolSettings::default(),
+        )
+        .unwrap(),
+    );
+    let before = proxy.executed();
+    let detail = counted.get_circle(owner, circle.id).await.unwrap().unwrap();
+    assert_eq!(proxy.executed() - before, 1, "get_circle must be one query");
+    // The proxy does count: a second call is a second statement.
+    counted.get_circle(owner, circle.id).await.unwrap().unwrap();
+    assert_eq!(proxy.executed() - before, 2);
     assert_eq!(detail.members.len(), 3);
     assert_eq!(detail.members[0].role, CircleRole::Lead);
     assert_eq!(detail.members[0].agent.id, members[0].0);
