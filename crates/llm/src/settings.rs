@@ -1,5 +1,6 @@
 //! Per-user provider settings: keys encrypted at rest, shown only as a hint, used over the
-//! server's environment keys.
+//! server's environment keys. The server's key is only ever sent to the server's endpoint
+//! (see [`SettingsService::resolve`]).
 
 use crate::config::LlmConfig;
 use crate::crypto::{SecretKey, key_hint};
@@ -43,7 +44,8 @@ pub struct ProviderView {
     /// Whether the user stored their own key.
     pub key_set: bool,
     pub key_hint: Option<String>,
-    /// Whether the server has a key for this provider (used when the user has none).
+    /// Whether the server has a key for this provider (used when the user has none, and only
+    /// with the server's endpoint: never sent to the user's own `base_url`).
     pub server_key_set: bool,
 }
 
@@ -182,24 +184,53 @@ impl SettingsService {
             .collect())
     }
 
-    /// The user's endpoint and key, else the server's; no key for a provider that needs one
-    /// is `NotConfigured`.
+    /// The endpoint and key to call `provider` with for `owner`.
+    ///
+    /// The operator's key (`GATHERING__LLM__<P>__API_KEY`) is only ever sent to the operator's
+    /// endpoint (`GATHERING__LLM__<P>__BASE_URL` or the default), never to a user's own
+    /// `base_url`, which the user controls and could point at a host that records headers:
+    ///
+    /// | user `base_url` | user key | endpoint   | key sent           |
+    /// |-----------------|----------|------------|--------------------|
+    /// | set             | set      | user's     | user's             |
+    /// | set             | none     | user's     | none               |
+    /// | none            | set      | operator's | user's             |
+    /// | none            | none     | operator's | operator's, if any |
+    ///
+    /// A stored user `base_url` counts as the user's own even when it spells the operator's
+    /// URL. No key for a provider that needs one is `NotConfigured` and nothing is sent.
     pub async fn resolve(&self, owner: Uuid, provider: Provider) -> Result<Credentials, LlmError> {
         let stored = self.repo.get_provider_setting(owner, provider).await?;
         let env = self.config.provider(provider);
         let user_url = stored.as_ref().and_then(|s| s.base_url.clone());
-        let user_base_url = user_url.is_some();
-        let base_url = user_url.unwrap_or_else(|| env.base_url.clone());
-        let api_key = match stored.as_ref().and_then(|s| s.api_key_encrypted.as_deref()) {
-            Some(blob) => Some(self.key.decrypt(blob)?),
-            None => env.api_key.clone(),
+        let user_key = stored
+            .as_ref()
+            .and_then(|s| s.api_key_encrypted.as_deref())
+            .map(|blob| self.key.decrypt(blob))
+            .transpose()?;
+        let (base_url, api_key, user_base_url) = match user_url {
+            // The user's endpoint: only the user's own key, never the operator's.
+            Some(url) => (url, user_key, true),
+            None => (
+                env.base_url.clone(),
+                user_key.or_else(|| env.api_key.clone()),
+                false,
+            ),
         };
         if provider.needs_api_key() && api_key.is_none() {
-            return Err(LlmError::NotConfigured(format!(
-                "no API key for {provider}: set one with PUT /api/v1/settings/providers/{provider} \
-                 or GATHERING__LLM__{}__API_KEY",
-                provider.as_str().to_ascii_uppercase()
-            )));
+            let upper = provider.as_str().to_ascii_uppercase();
+            return Err(LlmError::NotConfigured(if user_base_url {
+                format!(
+                    "no API key for {provider} at your own base_url: the server's key is only \
+                     sent to the server's endpoint; set api_key, or clear base_url, with \
+                     PUT /api/v1/settings/providers/{provider}"
+                )
+            } else {
+                format!(
+                    "no API key for {provider}: set one with PUT \
+                     /api/v1/settings/providers/{provider} or GATHERING__LLM__{upper}__API_KEY"
+                )
+            }));
         }
         Ok(Credentials {
             provider,
@@ -243,5 +274,145 @@ mod tests {
         );
         assert!(check_url("https://api.example.com/v1", &none).is_ok());
         assert!(check_url("ftp://x", &none).is_err());
+    }
+
+    /// One user's settings in memory.
+    #[derive(Default)]
+    struct MemRepo(parking_lot::Mutex<Vec<gathering_domain::agents::ProviderSetting>>);
+
+    #[async_trait::async_trait]
+    impl ProviderSettingsRepository for MemRepo {
+        async fn upsert_provider_setting(
+            &self,
+            owner: Uuid,
+            provider: Provider,
+            change: ProviderSettingChange,
+        ) -> Result<gathering_domain::agents::ProviderSetting, gathering_domain::RepoError>
+        {
+            let mut rows = self.0.lock();
+            let i = match rows.iter().position(|r| r.provider == provider) {
+                Some(i) => i,
+                None => {
+                    rows.push(gathering_domain::agents::ProviderSetting {
+                        owner_id: owner,
+                        provider,
+                        base_url: None,
+                        api_key_encrypted: None,
+                        key_hint: None,
+                        updated_at: chrono::Utc::now(),
+                    });
+                    rows.len() - 1
+                }
+            };
+            if let Some(u) = change.base_url {
+                rows[i].base_url = u;
+            }
+            if let Some(k) = change.api_key {
+                rows[i].key_hint = k.as_ref().map(|(_, h)| h.clone());
+                rows[i].api_key_encrypted = k.map(|(b, _)| b);
+            }
+            Ok(rows[i].clone())
+        }
+        async fn get_provider_setting(
+            &self,
+            _owner: Uuid,
+            provider: Provider,
+        ) -> Result<Option<gathering_domain::agents::ProviderSetting>, gathering_domain::RepoError>
+        {
+            Ok(self
+                .0
+                .lock()
+                .iter()
+                .find(|r| r.provider == provider)
+                .cloned())
+        }
+        async fn list_provider_settings(
+            &self,
+            _owner: Uuid,
+        ) -> Result<Vec<gathering_domain::agents::ProviderSetting>, gathering_domain::RepoError>
+        {
+            Ok(self.0.lock().clone())
+        }
+    }
+
+    const OP_URL: &str = "https://operator.example/v1";
+    const OP_KEY: &str = "sk-operator-000000";
+    const USER_URL: &str = "https://user-controlled.example/v1";
+    const USER_KEY: &str = "sk-user-abcdef3456";
+
+    /// A fresh service whose operator configured `OP_URL`/`OP_KEY` for every provider, with
+    /// the user's `url` and `key` stored for `p`.
+    async fn resolved(
+        p: Provider,
+        url: Option<&str>,
+        key: Option<&str>,
+    ) -> Result<Credentials, LlmError> {
+        let mut config = LlmConfig::default();
+        for q in Provider::ALL {
+            config.set_provider(q, Some(OP_URL.into()), Some(OP_KEY.into()));
+        }
+        let svc = SettingsService::new(Arc::new(MemRepo::default()), SecretKey::generate(), config);
+        let owner = Uuid::now_v7();
+        svc.put(owner, p, key.map(str::to_owned), url.map(str::to_owned))
+            .await
+            .unwrap();
+        svc.resolve(owner, p).await
+    }
+
+    #[tokio::test]
+    async fn the_operators_key_is_only_ever_resolved_for_the_operators_url() {
+        for p in Provider::ALL {
+            // User URL + user key: the user's key to the user's URL.
+            let c = resolved(p, Some(USER_URL), Some(USER_KEY)).await.unwrap();
+            assert_eq!(
+                (c.base_url.as_str(), c.api_key.as_deref()),
+                (USER_URL, Some(USER_KEY))
+            );
+            assert!(c.user_base_url, "{p}");
+
+            // User URL, no user key: never the operator's key.
+            match resolved(p, Some(USER_URL), None).await {
+                Ok(c) => {
+                    assert!(!p.needs_api_key(), "{p} resolved without a key");
+                    assert_eq!(c.base_url, USER_URL);
+                    assert_eq!(
+                        c.api_key, None,
+                        "{p}: the operator's key went to the user's URL"
+                    );
+                    assert!(c.user_base_url);
+                }
+                Err(LlmError::NotConfigured(m)) => {
+                    assert!(p.needs_api_key(), "{p}: {m}");
+                    assert!(m.contains(&format!("no API key for {p}")), "{m}");
+                    assert!(m.contains("base_url"), "{m}");
+                    assert!(!m.contains(OP_KEY), "{m}");
+                }
+                Err(other) => panic!("{p}: unexpected {other:?}"),
+            }
+
+            // No user URL + user key: the user's key to the operator's URL.
+            let c = resolved(p, None, Some(USER_KEY)).await.unwrap();
+            assert_eq!(
+                (c.base_url.as_str(), c.api_key.as_deref()),
+                (OP_URL, Some(USER_KEY))
+            );
+            assert!(!c.user_base_url, "{p}");
+
+            // Neither: the operator's key to the operator's URL.
+            let c = resolved(p, None, None).await.unwrap();
+            assert_eq!(
+                (c.base_url.as_str(), c.api_key.as_deref()),
+                (OP_URL, Some(OP_KEY))
+            );
+            assert!(!c.user_base_url, "{p}");
+
+            // A user URL spelling the operator's URL is still the user's: no operator key.
+            let r = resolved(p, Some(OP_URL), None).await;
+            if p.needs_api_key() {
+                assert!(matches!(r, Err(LlmError::NotConfigured(_))), "{p}: {r:?}");
+            } else {
+                assert_eq!(r.unwrap().api_key, None, "{p}");
+            }
+        }
     }
 }

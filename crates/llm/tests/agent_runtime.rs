@@ -366,6 +366,130 @@ async fn the_users_own_key_and_url_win_over_the_environment() {
 }
 
 #[tokio::test]
+async fn the_operators_key_is_never_sent_to_a_users_base_url() {
+    let op_srv = FakeProvider::script(vec![oa("from operator")])
+        .await
+        .unwrap();
+    let user_srv = FakeProvider::script(vec![oa("from user")]).await.unwrap();
+    // The user's endpoint is on loopback: allowed only because the operator allow-listed it.
+    let mut cfg = config_for(&op_srv.base_url);
+    cfg.ollama.base_url = op_srv.base_url.clone();
+    cfg.ollama.api_key = Some("env-ollama-key-111111".into());
+    cfg.http_allowed_hosts = vec![host_port(&user_srv.base_url)];
+    let e = env(cfg, None).await;
+    let openai = e
+        .agents
+        .create(e.owner, agent_input("ada", vec![]))
+        .await
+        .unwrap();
+    let ollama = e
+        .agents
+        .create(
+            e.owner,
+            AgentInput {
+                provider: "ollama".into(),
+                ..agent_input("olla", vec![])
+            },
+        )
+        .await
+        .unwrap();
+    let no_operator_key = |what: &str| {
+        for r in user_srv.recorded() {
+            for (name, value) in &r.headers {
+                assert!(
+                    !value.contains("env-key-000000") && !value.contains("env-ollama-key"),
+                    "{what}: the operator's key reached the user's URL in `{name}: {value}`"
+                );
+            }
+        }
+    };
+
+    // OpenAI needs a key: the user's own URL with no key of theirs fails, nothing is sent.
+    for p in [Provider::OpenAi, Provider::Ollama] {
+        e.settings
+            .put(e.owner, p, None, Some(user_srv.base_url.clone()))
+            .await
+            .unwrap();
+    }
+    let err = e
+        .agents
+        .chat(e.owner, openai.id, "hi".into(), None)
+        .await
+        .unwrap_err();
+    match &err {
+        LlmError::NotConfigured(m) => {
+            assert!(m.contains("no API key for openai"), "{m}");
+            assert!(!m.contains("env-key"), "{m}");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(user_srv.recorded().is_empty());
+    assert!(op_srv.recorded().is_empty());
+
+    // Ollama needs none: the user's URL is called with no key at all, not the operator's.
+    let out = tokio::time::timeout(T, e.agents.chat(e.owner, ollama.id, "hi".into(), None))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.reply, "from user");
+    let reqs = user_srv.recorded();
+    assert_eq!(reqs.len(), 1);
+    assert!(
+        !reqs[0].headers.contains_key("authorization"),
+        "{:?}",
+        reqs[0].headers
+    );
+    assert!(!reqs[0].headers.contains_key("x-api-key"));
+    no_operator_key("ollama");
+
+    // The user's own key goes to the user's URL.
+    e.settings
+        .put(
+            e.owner,
+            Provider::OpenAi,
+            Some("sk-user-abcdef3456".into()),
+            None,
+        )
+        .await
+        .unwrap();
+    let out = e
+        .agents
+        .chat(e.owner, openai.id, "hi".into(), None)
+        .await
+        .unwrap();
+    assert_eq!(out.reply, "from user");
+    let reqs = user_srv.recorded();
+    assert_eq!(reqs.len(), 2);
+    assert_eq!(
+        reqs[1].headers["authorization"],
+        "Bearer sk-user-abcdef3456"
+    );
+    no_operator_key("openai with the user's key");
+    assert!(op_srv.recorded().is_empty());
+
+    // Back on the operator's URL with no user key: the operator's key goes to the operator.
+    e.settings
+        .put(
+            e.owner,
+            Provider::OpenAi,
+            Some(String::new()),
+            Some(String::new()),
+        )
+        .await
+        .unwrap();
+    let out = e
+        .agents
+        .chat(e.owner, openai.id, "hi".into(), None)
+        .await
+        .unwrap();
+    assert_eq!(out.reply, "from operator");
+    let reqs = op_srv.recorded();
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(reqs[0].headers["authorization"], "Bearer env-key-000000");
+    assert_eq!(user_srv.recorded().len(), 2);
+}
+
+#[tokio::test]
 async fn agent_runner_port_runs_a_chat() {
     let srv = FakeProvider::script(vec![oa("done")]).await.unwrap();
     let e = env(config_for(&srv.base_url), None).await;
@@ -865,6 +989,17 @@ async fn a_stored_user_url_naming_a_forbidden_address_is_refused_before_sending(
         .create(e.owner, agent_input("ada", vec![]))
         .await
         .unwrap();
+    // With the user's own key: the operator's is never sent to a user's URL, so without one
+    // the call would stop earlier as not configured.
+    e.settings
+        .put(
+            e.owner,
+            Provider::OpenAi,
+            Some("sk-user-abcdef3456".into()),
+            None,
+        )
+        .await
+        .unwrap();
     e.store
         .upsert_provider_setting(
             e.owner,
@@ -900,11 +1035,12 @@ async fn an_allow_listed_loopback_user_host_is_called() {
         .create(e.owner, agent_input("ada", vec![]))
         .await
         .unwrap();
+    // The user's own URL gets only the user's own key (never the operator's).
     e.settings
         .put(
             e.owner,
             Provider::OpenAi,
-            None,
+            Some("sk-user-abcdef3456".into()),
             Some(format!("http://localhost:{port}/v1")),
         )
         .await
@@ -914,7 +1050,12 @@ async fn an_allow_listed_loopback_user_host_is_called() {
         .unwrap()
         .unwrap();
     assert_eq!(out.reply, "from allowed");
-    assert_eq!(target.recorded().len(), 1);
+    let reqs = target.recorded();
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(
+        reqs[0].headers["authorization"],
+        "Bearer sk-user-abcdef3456"
+    );
     // The allow-list names the host: the same server as an IP literal is still refused.
     let err = e
         .settings
