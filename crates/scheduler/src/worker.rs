@@ -17,7 +17,11 @@ use gathering_domain::scheduler::{
 };
 use gathering_domain::tools::ToolInvoker;
 use serde_json::json;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, broadcast};
 use tokio::task::JoinHandle;
@@ -111,6 +115,13 @@ struct Inner {
 
 /// Results recorded per statement.
 const FLUSH_BATCH: usize = 500;
+
+/// The error recorded for an action whose code panicked. The panic payload is not recorded: it
+/// may hold arbitrary internals (the panic hook still reports it on stderr).
+const PANICKED_ERROR: &str = "action panicked";
+
+/// The error recorded when an action finished but its result could not be written.
+const UNRECORDABLE_ERROR: &str = "the action finished but its result could not be recorded";
 
 struct Finished {
     owner_id: Uuid,
@@ -257,7 +268,20 @@ impl Scheduler {
             schedule,
         } = claimed;
         let started = Instant::now();
-        let outcome = self.inner.ports.perform(&schedule, &execution).await;
+        // A panicking action must still end its execution; otherwise the row stays `running` on
+        // this live instance (and, with overlap=skip, every later occurrence is skipped).
+        let outcome = match CatchUnwind::new(self.inner.ports.perform(&schedule, &execution)).await
+        {
+            Ok(outcome) => outcome,
+            Err(Panicked) => {
+                tracing::error!(
+                    schedule_id = %schedule.id,
+                    execution_id = %execution.id,
+                    "scheduled action panicked; execution recorded as failed"
+                );
+                Err(PANICKED_ERROR.to_owned())
+            }
+        };
         let finished_at = self.inner.clock.now();
         let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let finish = match outcome {
@@ -356,22 +380,92 @@ impl Scheduler {
         }
         tracing::error!(
             count = rows.len(),
-            "execution results not recorded; they will be marked interrupted"
+            "cannot record a batch of execution results; recording them one by one"
         );
+        for f in batch {
+            self.record_alone(f).await;
+        }
+    }
+
+    /// Last resort for one result of a batch that could not be written (one bad row, e.g. a
+    /// result PostgreSQL refuses, must not lose the others): the result as is, else `failed`
+    /// without it. If even that fails the row stays `running` until this instance stops; then
+    /// recovery marks it `interrupted`.
+    async fn record_alone(&self, f: &Finished) {
+        let fin = &f.finish;
+        let repo = &self.inner.repo;
+        let first = repo
+            .finish_execution(
+                fin.execution_id,
+                fin.status,
+                fin.result.clone(),
+                fin.error.clone(),
+                fin.run_id,
+                fin.finished_at,
+            )
+            .await;
+        let recorded = match first {
+            Ok(recorded) => recorded,
+            Err(e) => {
+                tracing::warn!(execution_id = %fin.execution_id, error = %e, "cannot record the execution result; recording it as failed without its result");
+                match repo
+                    .finish_execution(
+                        fin.execution_id,
+                        ExecutionStatus::Failed,
+                        None,
+                        Some(UNRECORDABLE_ERROR.to_owned()),
+                        fin.run_id,
+                        fin.finished_at,
+                    )
+                    .await
+                {
+                    Ok(recorded) => {
+                        if recorded {
+                            let failed = ExecutionFinish {
+                                status: ExecutionStatus::Failed,
+                                result: None,
+                                error: Some(UNRECORDABLE_ERROR.to_owned()),
+                                ..fin.clone()
+                            };
+                            self.publish_finish(f, &failed);
+                        }
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::error!(
+                            execution_id = %fin.execution_id,
+                            schedule_id = %f.schedule_id,
+                            error = %e,
+                            "execution result not recorded; the execution stays running until this instance stops, then it is marked interrupted"
+                        );
+                        return;
+                    }
+                }
+            }
+        };
+        if recorded {
+            self.publish(f);
+        } else {
+            tracing::warn!(execution_id = %fin.execution_id, "execution was no longer running (marked interrupted); result not recorded");
+        }
     }
 
     fn publish(&self, f: &Finished) {
+        self.publish_finish(f, &f.finish);
+    }
+
+    fn publish_finish(&self, f: &Finished, finish: &ExecutionFinish) {
         self.inner.events.publish(Event::new(
             f.owner_id,
             "schedule.executed",
             json!({
                 "schedule_id": f.schedule_id,
-                "execution_id": f.finish.execution_id,
+                "execution_id": finish.execution_id,
                 "scheduled_for": f.scheduled_for,
-                "status": f.finish.status.as_str(),
+                "status": finish.status.as_str(),
                 "duration_ms": f.duration_ms,
-                "run_id": f.finish.run_id,
-                "error": f.finish.error,
+                "run_id": finish.run_id,
+                "error": finish.error,
             }),
         ));
     }
@@ -516,12 +610,11 @@ impl Scheduler {
                 _ = cancel.cancelled() => break,
                 _ = tokio::time::sleep(sleep) => {}
                 _ = self.inner.wake.notified() => {}
-                ev = recv(&mut listener) => match ev {
-                    Some(Ok(ListenerEvent::Notification { channel, .. }))
-                        if channel != SCHEDULES_CHANGED_CHANNEL => {}
-                    Some(Ok(_)) | Some(Err(broadcast::error::RecvError::Lagged(_))) => {}
-                    Some(Err(broadcast::error::RecvError::Closed)) | None => listener = None,
-                },
+                w = next_wake(&mut listener) => {
+                    if w == ListenerWake::Closed {
+                        listener = None;
+                    }
+                }
             }
         }
 
@@ -540,11 +633,147 @@ impl Scheduler {
     }
 }
 
-async fn recv(
-    listener: &mut Option<broadcast::Receiver<ListenerEvent>>,
-) -> Option<Result<ListenerEvent, broadcast::error::RecvError>> {
-    match listener {
-        Some(rx) => Some(rx.recv().await),
-        None => std::future::pending().await,
+/// Whether a listener event may mean that what is due changed: a schedule change, or a
+/// (re)connection (changes announced while disconnected were lost). Everything else on the
+/// shared listener (events, revocations, queued runs...) is none of the scheduler's business.
+fn wakes_scheduler(ev: &ListenerEvent) -> bool {
+    match ev {
+        ListenerEvent::Connected => true,
+        ListenerEvent::Disconnected => false,
+        ListenerEvent::Notification { channel, .. } => channel == SCHEDULES_CHANGED_CHANNEL,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ListenerWake {
+    /// Re-check what is due.
+    Wake,
+    /// The listener is gone; rely on timed sleeps from now on.
+    Closed,
+}
+
+/// Waits for the next listener event that concerns the scheduler; never completes without a
+/// listener. Unrelated notifications are consumed without waking the loop.
+async fn next_wake(listener: &mut Option<broadcast::Receiver<ListenerEvent>>) -> ListenerWake {
+    let Some(rx) = listener else {
+        return std::future::pending().await;
+    };
+    loop {
+        match rx.recv().await {
+            Ok(ev) if wakes_scheduler(&ev) => return ListenerWake::Wake,
+            Ok(_) => {}
+            // Some notifications were dropped: one of them may have been a schedule change.
+            Err(broadcast::error::RecvError::Lagged(_)) => return ListenerWake::Wake,
+            Err(broadcast::error::RecvError::Closed) => return ListenerWake::Closed,
+        }
+    }
+}
+
+/// Marks a panic that escaped a future polled by [`CatchUnwind`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Panicked;
+
+/// Turns a panic while polling the inner future into `Err(Panicked)`. The inner future is not
+/// polled again after it panicked.
+struct CatchUnwind<F> {
+    inner: Option<Pin<Box<F>>>,
+}
+
+impl<F: Future> CatchUnwind<F> {
+    fn new(future: F) -> Self {
+        Self {
+            inner: Some(Box::pin(future)),
+        }
+    }
+}
+
+impl<F: Future> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, Panicked>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(Err(Panicked));
+        };
+        match std::panic::catch_unwind(AssertUnwindSafe(|| inner.as_mut().poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(v)) => {
+                self.inner = None;
+                Poll::Ready(Ok(v))
+            }
+            Err(_payload) => {
+                // Dropping the payload here (not its text in any record) is deliberate.
+                self.inner = None;
+                Poll::Ready(Err(Panicked))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn note(channel: &str) -> ListenerEvent {
+        ListenerEvent::Notification {
+            channel: channel.to_owned(),
+            payload: "x".to_owned(),
+        }
+    }
+
+    #[test]
+    fn only_schedule_changes_and_reconnections_wake_the_scheduler() {
+        assert!(wakes_scheduler(&note(SCHEDULES_CHANGED_CHANNEL)));
+        assert!(wakes_scheduler(&ListenerEvent::Connected));
+        assert!(!wakes_scheduler(&ListenerEvent::Disconnected));
+        assert!(!wakes_scheduler(&note("gathering_events")));
+        assert!(!wakes_scheduler(&note("gathering_revocations")));
+        assert!(!wakes_scheduler(&note("")));
+    }
+
+    #[tokio::test]
+    async fn unrelated_notifications_are_consumed_without_waking() {
+        let (tx, rx) = broadcast::channel(16);
+        let mut listener = Some(rx);
+        for ch in [
+            "gathering_events",
+            "gathering_revocations",
+            "gathering_runs",
+        ] {
+            tx.send(note(ch)).unwrap();
+        }
+        tx.send(ListenerEvent::Disconnected).unwrap();
+        let woke = tokio::time::timeout(Duration::from_millis(100), next_wake(&mut listener)).await;
+        assert!(woke.is_err(), "woke on an unrelated event");
+        // They were consumed: the next relevant notification is what wakes the loop.
+        tx.send(note(SCHEDULES_CHANGED_CHANNEL)).unwrap();
+        assert_eq!(next_wake(&mut listener).await, ListenerWake::Wake);
+        assert!(listener.as_mut().unwrap().is_empty());
+        tx.send(ListenerEvent::Connected).unwrap();
+        assert_eq!(next_wake(&mut listener).await, ListenerWake::Wake);
+        drop(tx);
+        assert_eq!(next_wake(&mut listener).await, ListenerWake::Closed);
+    }
+
+    #[tokio::test]
+    async fn lagging_behind_wakes_because_a_change_may_have_been_dropped() {
+        let (tx, rx) = broadcast::channel(2);
+        let mut listener = Some(rx);
+        for _ in 0..5 {
+            tx.send(note("gathering_events")).unwrap();
+        }
+        assert_eq!(next_wake(&mut listener).await, ListenerWake::Wake);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_future_becomes_an_error() {
+        let ok = CatchUnwind::new(async { 7 }).await;
+        assert_eq!(ok, Ok(7));
+        let panicked = CatchUnwind::new(async {
+            tokio::task::yield_now().await;
+            panic!("secret internals");
+        })
+        .await;
+        assert_eq!(panicked, Err::<(), _>(Panicked));
     }
 }

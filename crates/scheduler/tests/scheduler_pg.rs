@@ -50,6 +50,25 @@ impl CountingTools {
     }
 }
 
+/// Panics on its first `panics` calls (after counting them), then behaves like [`CountingTools`].
+struct PanickingTools {
+    inner: CountingTools,
+    panics: usize,
+}
+
+#[async_trait]
+impl ToolInvoker for PanickingTools {
+    async fn invoke(&self, ctx: &ToolContext, name: &str, p: Value) -> Result<Value, ToolError> {
+        let call = self.inner.count();
+        if call < self.panics {
+            self.inner.keys.lock().unwrap().push("panicked".into());
+            tokio::task::yield_now().await;
+            panic!("tool blew up: secret-internal-detail");
+        }
+        self.inner.invoke(ctx, name, p).await
+    }
+}
+
 async fn user(db: &TestDb) -> Uuid {
     let id = Uuid::now_v7();
     let c = db.pool.get().await.unwrap();
@@ -64,7 +83,7 @@ async fn user(db: &TestDb) -> Uuid {
 
 fn scheduler(
     db: &TestDb,
-    tools: Arc<CountingTools>,
+    tools: Arc<dyn ToolInvoker>,
     clock: Arc<dyn Clock>,
     config: SchedulerConfig,
 ) -> Scheduler {
@@ -118,8 +137,10 @@ async fn two_instances_execute_every_occurrence_exactly_once() {
     let a = scheduler(&db, tools.clone(), Arc::new(SystemClock), cfg());
     let b = scheduler(&db, tools.clone(), Arc::new(SystemClock), cfg());
     let service = ScheduleService::new(a.clone());
+    // 50 schedules due every second, claimed 5 at a time: each due second is ten claims, so
+    // both instances get a share unless one of them is starved for the whole run.
     let mut ids = Vec::new();
-    for _ in 0..10 {
+    for _ in 0..50 {
         ids.push(service.create(owner, call_api(1)).await.unwrap().id);
     }
     let cancel = CancellationToken::new();
@@ -143,7 +164,7 @@ async fn two_instances_execute_every_occurrence_exactly_once() {
         .await
         .unwrap();
     // Every schedule fired about 4 times in 4 seconds.
-    assert!(rows.len() >= 20, "only {} executions", rows.len());
+    assert!(rows.len() >= 100, "only {} executions", rows.len());
     let occurrences: HashSet<(Uuid, chrono::DateTime<Utc>)> =
         rows.iter().map(|r| (r.get(1), r.get(2))).collect();
     assert_eq!(occurrences.len(), rows.len(), "an occurrence has two rows");
@@ -321,6 +342,57 @@ async fn overlapping_occurrence_is_recorded_skipped_while_the_previous_runs() {
         .collect();
     assert_eq!(statuses, vec!["succeeded", "skipped"]);
     assert_eq!(tools.count(), 1);
+}
+
+#[tokio::test]
+async fn a_panicking_action_fails_its_execution_and_the_next_occurrence_still_runs() {
+    let db = TestDb::new().await.unwrap();
+    let owner = user(&db).await;
+    let clock = Arc::new(ManualClock::new(Utc::now()));
+    let tools = Arc::new(PanickingTools {
+        inner: CountingTools::default(),
+        panics: 1,
+    });
+    let sch = scheduler(
+        &db,
+        tools.clone(),
+        clock.clone(),
+        SchedulerConfig::default(),
+    );
+    let service = ScheduleService::new(sch.clone());
+    // overlap=skip: an execution left `running` would make every later occurrence `skipped`.
+    let s = service
+        .create(
+            owner,
+            CreateSchedule {
+                overlap: Some("skip".into()),
+                ..call_api(1)
+            },
+        )
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        clock.advance(CDuration::seconds(1));
+        tokio::time::timeout(Duration::from_secs(10), sch.run_until_idle())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    assert_eq!(tools.inner.count(), 2);
+    let page = service
+        .executions(owner, s.id, PageRequest::default())
+        .await
+        .unwrap();
+    let mut items = page.items;
+    items.sort_by_key(|e| e.scheduled_for);
+    let statuses: Vec<ExecutionStatus> = items.iter().map(|e| e.status).collect();
+    assert_eq!(
+        statuses,
+        vec![ExecutionStatus::Failed, ExecutionStatus::Succeeded]
+    );
+    assert_eq!(items[0].error.as_deref(), Some("action panicked"));
+    assert!(items[0].finished_at.is_some());
+    assert!(items[1].error.is_none());
 }
 
 #[tokio::test]

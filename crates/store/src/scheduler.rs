@@ -318,6 +318,8 @@ impl ScheduleRepository for PgScheduleRepository {
         }
 
         // One execution per occurrence: the unique key makes a second insert a no-op.
+        // A schedule that already reached max_executions (re-enabled, or its limit lowered below
+        // its count) gets no execution at all; the advance below disables it.
         let mut started: HashMap<Uuid, Execution> = HashMap::new();
         if !ex_ids.is_empty() {
             let insert = tx
@@ -328,6 +330,8 @@ impl ScheduleRepository for PgScheduleRepository {
                      FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[], $4::text[],
                                  $5::timestamptz[])
                           AS u(id, schedule_id, scheduled_for, status, finished_at)
+                     JOIN scheduler.schedules s ON s.id = u.schedule_id
+                     WHERE s.max_executions IS NULL OR s.execution_count < s.max_executions
                      ON CONFLICT (schedule_id, scheduled_for) DO NOTHING
                      RETURNING {EXECUTION_COLS}"
                 ))

@@ -267,3 +267,81 @@ async fn recover_interrupts_only_executions_of_silent_instances() {
     repo.forget_instance(alive).await.unwrap();
     assert_eq!(repo.recover(now, Duration::seconds(30)).await.unwrap(), 1);
 }
+
+#[tokio::test]
+async fn a_schedule_at_its_execution_limit_is_not_claimed_even_if_enabled() {
+    let db = TestDb::new().await.unwrap();
+    let owner = user(&db).await;
+    let repo = PgScheduleRepository::new(db.pool.clone());
+    let due = Utc::now() - Duration::seconds(1);
+    let mut at_limit = new_schedule(owner, due);
+    at_limit.max_executions = Some(2);
+    let at_limit = repo.create(at_limit).await.unwrap();
+    // Its limit was lowered below its count (a PATCH), and a running overlap=skip sibling
+    // shows no "skipped" row is recorded either.
+    let mut over_limit = new_schedule(owner, due);
+    over_limit.max_executions = Some(1);
+    over_limit.overlap = OverlapPolicy::Skip;
+    let over_limit = repo.create(over_limit).await.unwrap();
+    let mut below = new_schedule(owner, due);
+    below.max_executions = Some(3);
+    let below = repo.create(below).await.unwrap();
+    // Counts as left by earlier runs; the schedules are (re-)enabled and due.
+    let c = db.pool.get().await.unwrap();
+    for (id, count) in [(at_limit.id, 2i64), (over_limit.id, 3), (below.id, 2)] {
+        c.execute(
+            "UPDATE scheduler.schedules SET execution_count = $2, enabled = true WHERE id = $1",
+            &[&id, &count],
+        )
+        .await
+        .unwrap();
+    }
+    repo.insert_run_now(
+        owner,
+        over_limit.id,
+        due - Duration::seconds(5),
+        Uuid::now_v7(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+
+    let o = repo
+        .claim_due(
+            Utc::now(),
+            10,
+            Uuid::now_v7(),
+            &StepPlanner(Duration::seconds(1)),
+        )
+        .await
+        .unwrap();
+    let run: Vec<Uuid> = o.to_run.iter().map(|c| c.schedule.id).collect();
+    assert_eq!(run, vec![below.id]);
+    assert!(o.skipped.is_empty(), "{:?}", o.skipped);
+    for (id, executions) in [(at_limit.id, 0), (over_limit.id, 1), (below.id, 1)] {
+        let page = repo
+            .list_executions(owner, id, PageRequest::default())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(page.items.len(), executions);
+    }
+    // Those at their limit were disabled and their count untouched; the last run of the one
+    // below its limit disabled it too.
+    for (id, count) in [(at_limit.id, 2), (over_limit.id, 3), (below.id, 3)] {
+        let s = repo.get(owner, id).await.unwrap().unwrap();
+        assert!(!s.enabled, "{id} still enabled");
+        assert_eq!(s.execution_count, count);
+    }
+    // Nothing is due any more, so a later claim examines nothing.
+    let again = repo
+        .claim_due(
+            Utc::now() + Duration::hours(1),
+            10,
+            Uuid::now_v7(),
+            &StepPlanner(Duration::seconds(1)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.examined, 0);
+}
