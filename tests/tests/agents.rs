@@ -496,3 +496,71 @@ async fn circles_show_members_and_work_tasks_to_a_persisted_result() {
         StatusCode::NOT_FOUND
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_circle_task_is_finished_even_when_its_client_disconnects() {
+    // Every provider call takes a while, so the client gives up long before the task ends.
+    let provider = FakeProvider::start(|_: &Recorded, _| {
+        oa("a considered answer").after(std::time::Duration::from_millis(400))
+    })
+    .await
+    .unwrap();
+    let app = spawn_app_with(&[
+        (
+            "GATHERING__LLM__OPENAI__BASE_URL",
+            provider.base_url.as_str(),
+        ),
+        ("GATHERING__LLM__OPENAI__API_KEY", "sk-env-000000"),
+    ])
+    .await;
+    let token = app.user_token().await;
+    let lead = create_agent(&app, &token, "lead").await;
+    let r = app
+        .post(
+            "/circles",
+            &json!({"name": "solo", "members": [{"agent_id": lead["id"], "role": "lead"}]}),
+            Some(&token),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let cid: String = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let impatient = app
+        .client
+        .post(app.url(&format!("/circles/{cid}/tasks")))
+        .bearer_auth(&token)
+        .json(&json!({"title": "Think slowly", "description": ""}))
+        .timeout(std::time::Duration::from_millis(150))
+        .send()
+        .await;
+    assert!(impatient.is_err(), "the client gave up before the answer");
+
+    let db = app.db_client().await;
+    let circle_id = uuid::Uuid::parse_str(&cid).unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let rows = db
+            .query(
+                "SELECT status, result FROM agents.circle_tasks WHERE circle_id = $1",
+                &[&circle_id],
+            )
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 1, "the task was created");
+        let status: String = rows[0].get(0);
+        if status != "running" {
+            assert_eq!(status, "succeeded");
+            let result: Option<String> = rows[0].get(1);
+            assert!(result.unwrap().contains("a considered answer"));
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the task was left running after its client disconnected"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

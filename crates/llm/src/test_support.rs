@@ -29,6 +29,8 @@ pub struct Reply {
     pub body: Vec<u8>,
     /// Body sent in pieces of this size with a flush between (exercises stream parsing).
     pub chunk: Option<usize>,
+    /// Wait this long before answering (a slow provider).
+    pub delay: Option<std::time::Duration>,
 }
 
 impl Reply {
@@ -38,6 +40,7 @@ impl Reply {
             headers: vec![("content-type".into(), "application/json".into())],
             body: body.to_string().into_bytes(),
             chunk: None,
+            delay: None,
         }
     }
     pub fn raw(status: u16, content_type: &str, body: impl Into<Vec<u8>>) -> Self {
@@ -46,6 +49,7 @@ impl Reply {
             headers: vec![("content-type".into(), content_type.into())],
             body: body.into(),
             chunk: None,
+            delay: None,
         }
     }
     /// Server-sent events: each `(event, data)` becomes `event: ..\ndata: ..\n\n`.
@@ -60,6 +64,11 @@ impl Reply {
         let mut r = Self::raw(200, "text/event-stream", body);
         r.chunk = Some(7);
         r
+    }
+    /// Answers only after `d`.
+    pub fn after(mut self, d: std::time::Duration) -> Self {
+        self.delay = Some(d);
+        self
     }
     pub fn header(mut self, k: &str, v: &str) -> Self {
         self.headers.push((k.to_owned(), v.to_owned()));
@@ -105,6 +114,9 @@ impl FakeProvider {
                         r.len() - 1
                     };
                     let reply = handler(&rec, n);
+                    if let Some(d) = reply.delay {
+                        tokio::time::sleep(d).await;
+                    }
                     let _ = write_reply(&mut sock, &reply).await;
                 });
             }

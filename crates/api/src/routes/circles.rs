@@ -7,6 +7,7 @@ use actix_web::{HttpResponse, web};
 use chrono::{DateTime, Utc};
 use gathering_domain::agents::{CircleDetail, CircleTaskDetail};
 use gathering_llm::CircleService;
+use tracing::Instrument;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -174,9 +175,20 @@ pub async fn create_task(
     body: web::Json<TaskBody>,
 ) -> Result<HttpResponse, ApiError> {
     let b = body.into_inner();
-    let done = circles
-        .run_task(user.id, id.into_inner(), b.title, b.description)
-        .await?;
+    // Worked on its own task: a client that disconnects (actix then drops this handler) must
+    // not leave the task `running` forever; it runs to its end and stays readable by id.
+    let svc = circles.into_inner();
+    let (owner, circle_id) = (user.id, id.into_inner());
+    let work = tokio::spawn(
+        async move {
+            svc.run_task(owner, circle_id, b.title, b.description)
+                .await
+        }
+        .instrument(tracing::Span::current()),
+    );
+    let done = work
+        .await
+        .map_err(|e| ApiError::internal(format!("circle task worker: {e}")))??;
     Ok(HttpResponse::Created().json(TaskResponse::from(done)))
 }
 
