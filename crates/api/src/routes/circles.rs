@@ -7,8 +7,8 @@ use actix_web::{HttpResponse, web};
 use chrono::{DateTime, Utc};
 use gathering_domain::agents::{CircleDetail, CircleTaskDetail};
 use gathering_llm::CircleService;
-use tracing::Instrument;
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -180,11 +180,8 @@ pub async fn create_task(
     let svc = circles.into_inner();
     let (owner, circle_id) = (user.id, id.into_inner());
     let work = tokio::spawn(
-        async move {
-            svc.run_task(owner, circle_id, b.title, b.description)
-                .await
-        }
-        .instrument(tracing::Span::current()),
+        async move { svc.run_task(owner, circle_id, b.title, b.description).await }
+            .instrument(tracing::Span::current()),
     );
     let done = work
         .await
