@@ -2,6 +2,7 @@
 //! real HTTP server on loopback as the target of `http_request` action nodes.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use gathering_llm::test_support::{FakeProvider, Recorded, Reply};
 use gathering_tests::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -9,9 +10,10 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 /// A tiny HTTP/1.1 server on 127.0.0.1 counting hits per path:
 /// `/ok` 200, `/hit/<name>` 200, `/flaky/<n>` 503 for the first n calls then 200,
@@ -650,4 +652,274 @@ async fn kill_9_mid_run_then_restart_resumes_without_rerunning_completed_nodes()
     );
     assert_eq!(target.hits("/hit/resume-c"), 1);
     assert_eq!(node(&r, "b")["attempts"], 2);
+}
+
+/// A loopback HTTP server recording every request's path; each request hangs until `release`
+/// is called, then answers 200.
+struct Gate {
+    base: String,
+    paths: Arc<Mutex<Vec<String>>>,
+    release: watch::Sender<bool>,
+}
+
+impl Gate {
+    async fn start() -> Gate {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let paths: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (release, released) = watch::channel(false);
+        let seen = paths.clone();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let seen = seen.clone();
+                let mut released = released.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 65536 {
+                        match sock.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&buf).to_string();
+                    let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                    seen.lock().unwrap().push(path);
+                    let _ = released.wait_for(|open| *open).await;
+                    let body = r#"{"released":true}"#;
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = sock.write_all(resp.as_bytes()).await;
+                    let _ = sock.shutdown().await;
+                });
+            }
+        });
+        Gate {
+            base,
+            paths,
+            release,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn paths(&self) -> Vec<String> {
+        self.paths.lock().unwrap().clone()
+    }
+}
+
+/// Waits until `n` instances hold their `LISTEN` connection on this database (each listener
+/// connects in the background after start-up; a NOTIFY sent before that is not seen).
+async fn listeners_ready(app: &TestApp, n: i64) {
+    let db = app.db_client().await;
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let row = db
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 \
+                     AND application_name = 'gathering-listener' AND state = 'idle' \
+                     AND query LIKE 'LISTEN%'",
+                    &[&app.db.name],
+                )
+                .await
+                .unwrap();
+            if row.get::<_, i64>(0) >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    })
+    .await
+    .expect("every instance is listening");
+}
+
+/// The run is driven by instance A (the only instance when it was claimed); the cancel goes
+/// through instance B. A's lease heartbeat — the other way a cancel flag is noticed — is set to
+/// 100 s, so only the NOTIFY from B to A can stop the run within the bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_sent_to_another_instance_stops_the_run_within_two_seconds() {
+    const SLOW_HEARTBEAT: [(&str, &str); 3] = [
+        ("GATHERING__TOOLS__HTTP_ALLOWED_HOSTS", "127.0.0.1"),
+        ("GATHERING__PIPELINE__LEASE_SECS", "300"),
+        ("GATHERING__PIPELINE__HEARTBEAT_SECS", "100"),
+    ];
+    let gate = Gate::start().await;
+    let app_a = spawn_app_with(&SLOW_HEARTBEAT).await;
+    let token = app_a.user_token().await;
+    let p = create(
+        &app_a,
+        &token,
+        json!({"name": "cross-cancel", "nodes": [
+            {"id": "t", "type": "trigger"},
+            {"id": "wait", "type": "action", "config": {"tool": "http_request",
+             "params": {"method": "GET", "url": gate.url("/gate/wait"), "timeout_ms": 120000}}},
+            get_node("after", gate.url("/gate/after"))
+        ], "edges": [{"from": "t", "to": "wait"}, {"from": "wait", "to": "after"}]}),
+    )
+    .await;
+    let run = start(&app_a, &token, &p, json!({})).await;
+    // A is the only instance: the run hanging at the gate is A's.
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while gate.paths().is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("A's executor reaches the gate");
+    assert_eq!(gate.paths(), ["/gate/wait"]);
+
+    let app_b = spawn_app_on(&app_a.db, &SLOW_HEARTBEAT).await;
+    listeners_ready(&app_a, 2).await;
+    assert_eq!(run_json(&app_b, &token, &run).await["status"], "running");
+
+    let r = app_b
+        .post(&format!("/runs/{run}/cancel"), &json!({}), Some(&token))
+        .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let asked = Instant::now();
+    let cancelled = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            let r = run_json(&app_b, &token, &run).await;
+            if r["status"] != "running" && r["status"] != "queued" {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "the run on A was still running {:?} after the cancel sent to B",
+            asked.elapsed()
+        )
+    });
+    assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
+    assert_eq!(
+        node(&cancelled, "wait")["status"],
+        "cancelled",
+        "{cancelled}"
+    );
+    let after = node(&cancelled, "after");
+    assert_eq!(after["status"], "cancelled", "{cancelled}");
+    assert!(after["started_at"].is_null(), "never started: {cancelled}");
+    assert_eq!(after["attempts"], 0, "{cancelled}");
+
+    // Letting the gate answer now does not revive the run: nothing else reaches the gate.
+    gate.release.send(true).unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(gate.paths(), ["/gate/wait"], "no request after the cancel");
+    let r = run_json(&app_a, &token, &run).await;
+    assert_eq!(r["status"], "cancelled", "{r}");
+    assert_eq!(node(&r, "after")["status"], "cancelled", "{r}");
+    app_b.stop().await.unwrap();
+    app_a.stop().await.unwrap();
+}
+
+/// An `agent` node goes through the server's real agent runner to the (fake, loopback) provider;
+/// its reply is what the next node templates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_node_calls_the_real_agent_runner_and_passes_its_reply_downstream() {
+    let provider = FakeProvider::start(|req: &Recorded, _| {
+        let prompt = req.body["messages"]
+            .as_array()
+            .and_then(|m| m.last())
+            .and_then(|m| m["content"].as_str())
+            .unwrap_or("")
+            .to_owned();
+        Reply::json(
+            200,
+            json!({"id": "c1", "object": "chat.completion", "model": "gpt-test",
+                   "choices": [{"index": 0, "message": {"role": "assistant",
+                                "content": format!("All quiet ({} chars asked)", prompt.len())},
+                                "finish_reason": "stop"}],
+                   "usage": {"prompt_tokens": 11, "completion_tokens": 5, "total_tokens": 16}}),
+        )
+    })
+    .await
+    .unwrap();
+    let app = spawn_app_with(&[
+        (
+            "GATHERING__LLM__OPENAI__BASE_URL",
+            provider.base_url.as_str(),
+        ),
+        ("GATHERING__LLM__OPENAI__API_KEY", "sk-env-pipeline-0000"),
+    ])
+    .await;
+    let token = app.user_token().await;
+    let persona = "You are the night watch. Answer in one line.";
+    let r = app
+        .post(
+            "/agents",
+            &json!({"name": "watch", "persona": persona, "provider": "openai",
+                    "model": "gpt-test", "temperature": 0.1}),
+            Some(&token),
+        )
+        .await;
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "{}",
+        r.text().await.unwrap()
+    );
+    let agent: Value = r.json().await.unwrap();
+    let p = create(
+        &app,
+        &token,
+        json!({"name": "agent-then-template", "nodes": [
+            {"id": "t", "type": "trigger"},
+            {"id": "think", "type": "agent", "config": {"agent_id": agent["id"],
+             "prompt": "Report on {{input.place}} for {{input.night}} nights."}},
+            {"id": "format", "type": "action", "config": {"tool": "text_template",
+             "params": {"template": "[{{input.place}}] {{nodes.think.output.text}}", "values": {}}}}
+        ], "edges": [{"from": "t", "to": "think"}, {"from": "think", "to": "format"}]}),
+    )
+    .await;
+    let run = start(
+        &app,
+        &token,
+        &p,
+        json!({"place": "the north gate", "night": 3}),
+    )
+    .await;
+    let r = finished(&app, &token, &run).await;
+    assert_eq!(r["status"], "succeeded", "{r}");
+
+    let prompt = "Report on the north gate for 3 nights.";
+    let reply = format!("All quiet ({} chars asked)", prompt.len());
+    let calls = provider.recorded();
+    assert_eq!(calls.len(), 1, "one provider call: {calls:?}");
+    let call = &calls[0];
+    assert!(call.path.ends_with("/chat/completions"), "{}", call.path);
+    assert_eq!(
+        call.headers.get("authorization").map(String::as_str),
+        Some("Bearer sk-env-pipeline-0000")
+    );
+    assert_eq!(call.body["model"], "gpt-test", "{}", call.body);
+    let messages = call.body["messages"].as_array().unwrap();
+    assert_eq!(messages[0]["role"], "system", "{}", call.body);
+    assert_eq!(messages[0]["content"], persona, "{}", call.body);
+    let last = messages.last().unwrap();
+    assert_eq!(last["role"], "user", "{}", call.body);
+    assert_eq!(
+        last["content"], prompt,
+        "the templated prompt: {}",
+        call.body
+    );
+
+    let think = node(&r, "think");
+    assert_eq!(think["status"], "succeeded", "{r}");
+    assert_eq!(think["output"]["text"], reply.as_str(), "{r}");
+    assert_eq!(think["output"]["usage"]["prompt_tokens"], 11, "{r}");
+    let format = node(&r, "format");
+    assert_eq!(format["status"], "succeeded", "{r}");
+    assert_eq!(
+        format["output"],
+        json!(format!("[the north gate] {reply}")),
+        "the downstream node used the agent's reply: {r}"
+    );
+    app.stop().await.unwrap();
 }
