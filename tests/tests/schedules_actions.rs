@@ -1,6 +1,7 @@
 //! Black-box: every schedule action type observed through its real effect — a pipeline run, a
 //! stored notification, an agent's reply from a loopback fake provider, and HTTP calls counted by
-//! a loopback server (retried on 5xx, not on 404).
+//! a loopback server (retried on 5xx, not on 404), refused by the SSRF guard when loopback is
+//! not allowed, and failed by its own `timeout_ms` against a server that never answers.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use gathering_llm::test_support::{FakeProvider, Recorded, Reply};
@@ -8,18 +9,20 @@ use gathering_tests::{TestApp, spawn_app, spawn_app_with};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 const ALLOW_LOOPBACK: (&str, &str) = ("GATHERING__TOOLS__HTTP_ALLOWED_HOSTS", "127.0.0.1");
 
 /// A loopback HTTP/1.1 server counting hits per path: `/ok` 200, `/flaky` 500 on its first
-/// call then 200, `/missing` 404.
+/// call then 200, `/missing` 404. Also counts every accepted TCP connection.
 struct Target {
     base: String,
     hits: Arc<Mutex<HashMap<String, usize>>>,
+    connections: Arc<AtomicUsize>,
 }
 
 impl Target {
@@ -28,8 +31,11 @@ impl Target {
         let base = format!("http://{}", listener.local_addr().unwrap());
         let hits: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
         let h = hits.clone();
+        let connections: Arc<AtomicUsize> = Arc::default();
+        let c = connections.clone();
         tokio::spawn(async move {
             while let Ok((mut sock, _)) = listener.accept().await {
+                c.fetch_add(1, Ordering::SeqCst);
                 let hits = h.clone();
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
@@ -66,7 +72,11 @@ impl Target {
                 });
             }
         });
-        Target { base, hits }
+        Target {
+            base,
+            hits,
+            connections,
+        }
     }
 
     fn url(&self, path: &str) -> String {
@@ -75,6 +85,49 @@ impl Target {
 
     fn hits(&self, path: &str) -> usize {
         self.hits.lock().unwrap().get(path).copied().unwrap_or(0)
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+/// A loopback server that accepts connections, reads the request head, counts it, and then
+/// never answers (it holds the socket open for a minute).
+struct Silent {
+    base: String,
+    requests: Arc<AtomicUsize>,
+}
+
+impl Silent {
+    async fn start() -> Silent {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let requests: Arc<AtomicUsize> = Arc::default();
+        let r = requests.clone();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let requests = r.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match sock.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    requests.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    drop(sock);
+                });
+            }
+        });
+        Silent { base, requests }
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
     }
 }
 
@@ -376,5 +429,91 @@ async fn call_api_does_not_retry_a_404_and_fails() {
     let e = run_now_and_wait(&app, &token, &ok).await;
     assert_eq!(e["status"], "succeeded", "{e}");
     assert_eq!(target.hits("/ok"), 1);
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn call_api_to_a_loopback_address_is_refused_without_the_allow_list() {
+    // No GATHERING__TOOLS__HTTP_ALLOWED_HOSTS: loopback is not a public address.
+    let app = spawn_app().await;
+    let token = app.user_token().await;
+    let target = Target::start().await;
+
+    // An IP literal is refused before any connection is made.
+    let id = create_schedule(
+        &app,
+        &token,
+        "call_api",
+        json!({"url": target.url("/ok"), "max_attempts": 3}),
+    )
+    .await;
+    let e = run_now_and_wait(&app, &token, &id).await;
+    assert_eq!(e["status"], "failed", "{e}");
+    assert!(e["result"].is_null(), "no result on failure: {e}");
+    let error = e["error"].as_str().unwrap();
+    assert!(
+        error.contains("127.0.0.1 is not a public address")
+            && error.contains("GATHERING__TOOLS__HTTP_ALLOWED_HOSTS"),
+        "the error says the address is refused and how to allow it: {e}"
+    );
+    assert!(
+        error.contains("after 1 attempt"),
+        "a refusal is not retried: {e}"
+    );
+
+    // A name that resolves to loopback is refused by the resolver just the same.
+    let port = target.base.rsplit(':').next().unwrap();
+    let by_name = create_schedule(
+        &app,
+        &token,
+        "call_api",
+        json!({"url": format!("http://localhost:{port}/ok")}),
+    )
+    .await;
+    let e = run_now_and_wait(&app, &token, &by_name).await;
+    assert_eq!(e["status"], "failed", "{e}");
+    let error = e["error"].as_str().unwrap();
+    assert!(
+        error.contains("`localhost` resolves to") && error.contains("not a public address"),
+        "{e}"
+    );
+
+    assert_eq!(target.hits("/ok"), 0, "the loopback server got no request");
+    assert_eq!(target.connections(), 0, "nor even a connection");
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn call_api_that_exceeds_its_timeout_fails_the_execution() {
+    let app = spawn_app_with(&[ALLOW_LOOPBACK]).await;
+    let token = app.user_token().await;
+    let silent = Silent::start().await;
+    let id = create_schedule(
+        &app,
+        &token,
+        "call_api",
+        json!({"url": format!("{}/slow", silent.base), "timeout_ms": 300, "max_attempts": 2}),
+    )
+    .await;
+    let started = Instant::now();
+    let e = run_now_and_wait(&app, &token, &id).await;
+    let elapsed = started.elapsed();
+    assert_eq!(e["status"], "failed", "{e}");
+    assert!(e["result"].is_null(), "no result on failure: {e}");
+    let error = e["error"].as_str().unwrap();
+    assert!(
+        error.contains("timed out after 300 ms"),
+        "the error names the timeout: {e}"
+    );
+    assert!(
+        error.contains("after 2 attempt"),
+        "a timeout is retryable, up to max_attempts: {e}"
+    );
+    assert_eq!(silent.requests(), 2, "each attempt reached the server");
+    // Two 300 ms attempts plus one backoff — far below the server's 60 s silence.
+    assert!(
+        elapsed < Duration::from_secs(10),
+        "the timeout bounded the call: took {elapsed:?}"
+    );
     app.stop().await.unwrap();
 }
