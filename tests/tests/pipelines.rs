@@ -421,7 +421,8 @@ async fn invalid_definitions_answer_422_and_store_nothing() {
         .post(
             "/pipelines",
             &json!({"name": "bad", "nodes": [{"id": "a", "type": "teleport", "config": {}},
-                                              {"id": "a", "type": "delay", "config": {"ms": "soon"}}],
+                                              {"id": "a", "type": "delay", "config": {"ms": "soon"}},
+                                              {"id": "c", "type": "action", "config": {"tool": "teleport"}}],
                     "edges": [{"from": "a", "to": "ghost"}]}),
             Some(&token),
         )
@@ -437,6 +438,7 @@ async fn invalid_definitions_answer_422_and_store_nothing() {
         "/nodes/0/type",
         "/nodes/1/id",
         "/nodes/1/config/ms",
+        "/nodes/2/config/tool",
         "/edges/0/to",
     ] {
         assert!(fields.contains(&f), "{f} in {fields:?}");

@@ -173,15 +173,18 @@ pub fn build(
     let runs = Arc::new(gathering_store::pipeline::PgRunRepository::new(
         pool.clone(),
     ));
-    let pipelines = Arc::new(PipelineService::new(
-        Arc::new(gathering_store::pipeline::PgPipelineRepository::new(
-            pool.clone(),
-        )),
-        runs.clone(),
-        publisher.clone(),
-        Some(notifier.clone()),
-        clock.clone(),
-    ));
+    let pipelines = Arc::new(
+        PipelineService::new(
+            Arc::new(gathering_store::pipeline::PgPipelineRepository::new(
+                pool.clone(),
+            )),
+            runs.clone(),
+            publisher.clone(),
+            Some(notifier.clone()),
+            clock.clone(),
+        )
+        .with_known_tools(tools.list().into_iter().map(|s| s.name.clone())),
+    );
     let executor = Executor::new(
         ExecutorDeps {
             runs,

@@ -12,6 +12,7 @@ use gathering_domain::pipeline::{
 };
 use gathering_domain::{Clock, FieldProblem, Page, PageRequest};
 use serde_json::{Value, json};
+use std::collections::HashSet;
 use std::sync::Arc;
 use tracing::warn;
 use uuid::Uuid;
@@ -44,6 +45,32 @@ pub struct PipelineService {
     events: Arc<dyn EventPublisher>,
     notifier: Option<Arc<dyn Notifier>>,
     clock: Arc<dyn Clock>,
+    /// Names of the tools action nodes may call; `None` accepts any name (checked at run time).
+    known_tools: Option<Arc<HashSet<String>>>,
+}
+
+/// Action nodes naming a tool that does not exist: reported at definition time, with the node's
+/// pointer, instead of failing every run with `unknown_tool`.
+fn check_tools(
+    known: Option<&HashSet<String>>,
+    def: &PipelineDefinition,
+    problems: &mut Vec<FieldProblem>,
+) {
+    let Some(known) = known else { return };
+    for (i, node) in def.nodes.iter().enumerate() {
+        if node.node_type != "action" {
+            continue;
+        }
+        if let Some(Value::String(tool)) = node.config.get("tool")
+            && !tool.trim().is_empty()
+            && !known.contains(tool)
+        {
+            problems.push(FieldProblem::new(
+                format!("/nodes/{i}/config/tool"),
+                "unknown tool (GET /tools lists them)",
+            ));
+        }
+    }
 }
 
 fn check_name(name: &str, problems: &mut Vec<FieldProblem>) {
@@ -112,7 +139,14 @@ impl PipelineService {
             events,
             notifier,
             clock,
+            known_tools: None,
         }
+    }
+
+    /// Refuse action nodes naming a tool outside `names` when a definition is stored.
+    pub fn with_known_tools(mut self, names: impl IntoIterator<Item = String>) -> Self {
+        self.known_tools = Some(Arc::new(names.into_iter().collect()));
+        self
     }
 
     pub async fn create(
@@ -123,6 +157,7 @@ impl PipelineService {
         let mut problems = Vec::new();
         check_name(&new.name, &mut problems);
         check_description(&new.description, &mut problems);
+        check_tools(self.known_tools.as_deref(), &new.definition, &mut problems);
         validate_all(problems, &new.definition)?;
         Ok(self
             .pipelines
@@ -179,6 +214,7 @@ impl PipelineService {
                 if let Some(t) = patch.timeout_ms {
                     def.timeout_ms = t;
                 }
+                check_tools(self.known_tools.as_deref(), &def, &mut problems);
                 validate_all(problems, &def)?;
                 Some(def)
             } else {

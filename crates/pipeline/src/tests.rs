@@ -1075,3 +1075,53 @@ async fn other_owners_see_nothing() {
     );
     let _unused: HashMap<(), ()> = HashMap::new();
 }
+
+#[tokio::test]
+async fn action_nodes_naming_an_unknown_tool_are_refused_when_stored() {
+    let h = harness();
+    let svc = PipelineService::new(
+        h.store.clone(),
+        h.store.clone(),
+        h.events.clone(),
+        None,
+        Arc::new(gathering_domain::SystemClock),
+    )
+    .with_known_tools(["echo".to_owned()]);
+    let definition: PipelineDefinition = serde_json::from_value(json!({"nodes": [
+        action("a", "echo", json!({})),
+        action("b", "no_such_tool", json!({})),
+    ], "edges": [{"from": "a", "to": "b"}]}))
+    .unwrap();
+    let create = |definition| {
+        svc.create(
+            h.owner,
+            CreatePipeline {
+                name: "p".into(),
+                description: None,
+                definition,
+            },
+        )
+    };
+    let err = create(definition).await.unwrap_err();
+    assert_eq!(err.code(), "validation_failed");
+    let fields: Vec<String> = err.details().into_iter().map(|p| p.field).collect();
+    assert_eq!(fields, vec!["/nodes/1/config/tool"]);
+    // A known tool is accepted; an update introducing an unknown one is refused too.
+    let ok: PipelineDefinition =
+        serde_json::from_value(json!({"nodes": [action("a", "echo", json!({}))], "edges": []}))
+            .unwrap();
+    let p = create(ok).await.unwrap();
+    let nodes = serde_json::from_value(json!([action("a", "nope", json!({}))])).unwrap();
+    let err = svc
+        .update(
+            h.owner,
+            p.id,
+            PatchPipeline {
+                nodes: Some(nodes),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.details()[0].field, "/nodes/0/config/tool");
+}
