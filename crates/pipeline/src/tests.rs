@@ -327,6 +327,7 @@ async fn linear_pipeline_runs_in_order_and_passes_outputs_downstream() {
     assert_eq!(kinds.get(1).map(String::as_str), Some("run.started"));
     assert_eq!(kinds.last().map(String::as_str), Some("run.finished"));
     assert_eq!(kinds.iter().filter(|k| *k == "node.succeeded").count(), 3);
+    assert_eq!(kinds.iter().filter(|k| *k == "node.started").count(), 3);
     assert!(h.events.0.lock().iter().all(|e| e.user_id == h.owner));
 }
 
@@ -459,6 +460,9 @@ async fn non_retryable_failures_are_not_retried() {
     assert_eq!(h.detail(run).await.run.status, RunStatus::Failed);
     assert_eq!(h.tools.count("fail4xx"), 1);
     assert!(h.sleeper.slept.lock().is_empty());
+    let kinds = h.events.kinds();
+    assert!(kinds.contains(&"node.failed".to_owned()), "{kinds:?}");
+    assert!(!kinds.contains(&"node.retrying".to_owned()), "{kinds:?}");
 }
 
 #[tokio::test]
@@ -560,6 +564,7 @@ async fn cancel_stops_running_nodes_and_starts_no_more() {
         "the running tool future was dropped"
     );
     assert_eq!(h.tools.count("echo"), 0);
+    assert!(h.events.kinds().contains(&"node.cancelled".to_owned()));
     // Cancelling again: the run has finished.
     assert_eq!(
         h.svc.cancel(h.owner, run).await.unwrap_err().code(),
