@@ -2,6 +2,7 @@
 //! returns a [`TestApp`] that talks to it over HTTP.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod gate;
 pub mod ws;
 
 use gathering_server::{Application, Settings};

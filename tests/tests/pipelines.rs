@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use gathering_llm::test_support::{FakeProvider, Recorded, Reply};
+use gathering_tests::gate::Gate;
 use gathering_tests::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -13,7 +14,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 /// A tiny HTTP/1.1 server on 127.0.0.1 counting hits per path:
 /// `/ok` 200, `/hit/<name>` 200, `/flaky/<n>` 503 for the first n calls then 200,
@@ -656,64 +656,6 @@ async fn kill_9_mid_run_then_restart_resumes_without_rerunning_completed_nodes()
     assert_eq!(node(&r, "b")["attempts"], 2);
 }
 
-/// A loopback HTTP server recording every request's path; each request hangs until `release`
-/// is called, then answers 200.
-struct Gate {
-    base: String,
-    paths: Arc<Mutex<Vec<String>>>,
-    release: watch::Sender<bool>,
-}
-
-impl Gate {
-    async fn start() -> Gate {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let paths: Arc<Mutex<Vec<String>>> = Arc::default();
-        let (release, released) = watch::channel(false);
-        let seen = paths.clone();
-        tokio::spawn(async move {
-            while let Ok((mut sock, _)) = listener.accept().await {
-                let seen = seen.clone();
-                let mut released = released.clone();
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 65536 {
-                        match sock.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    let head = String::from_utf8_lossy(&buf).to_string();
-                    let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
-                    seen.lock().unwrap().push(path);
-                    let _ = released.wait_for(|open| *open).await;
-                    let body = r#"{"released":true}"#;
-                    let resp = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                    let _ = sock.write_all(resp.as_bytes()).await;
-                    let _ = sock.shutdown().await;
-                });
-            }
-        });
-        Gate {
-            base,
-            paths,
-            release,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    fn paths(&self) -> Vec<String> {
-        self.paths.lock().unwrap().clone()
-    }
-}
-
 /// Waits until `n` instances hold their `LISTEN` connection on this database (each listener
 /// connects in the background after start-up; a NOTIFY sent before that is not seen).
 async fn listeners_ready(app: &TestApp, n: i64) {
@@ -811,7 +753,7 @@ async fn a_cancel_sent_to_another_instance_stops_the_run_within_two_seconds() {
     assert_eq!(after["attempts"], 0, "{cancelled}");
 
     // Letting the gate answer now does not revive the run: nothing else reaches the gate.
-    gate.release.send(true).unwrap();
+    gate.release();
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(gate.paths(), ["/gate/wait"], "no request after the cancel");
     let r = run_json(&app_a, &token, &run).await;

@@ -7,61 +7,13 @@
 //! then is A started, so A's executor is the only one with room for the run under test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use gathering_tests::gate::Gate;
 use gathering_tests::ws::{WAIT, Ws};
 use gathering_tests::{TestApp, TestDatabase, spawn_app_on};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
 use tokio::time::timeout;
-
-/// A loopback HTTP server whose every request hangs until `release` is sent; each accepted
-/// connection is reported on `hits`.
-struct Gate {
-    url: String,
-    hits: mpsc::UnboundedReceiver<()>,
-    release: watch::Sender<bool>,
-}
-
-impl Gate {
-    async fn start() -> Gate {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!(
-            "http://127.0.0.1:{}/gate",
-            listener.local_addr().unwrap().port()
-        );
-        let (hit_tx, hits) = mpsc::unbounded_channel();
-        let (release, released) = watch::channel(false);
-        tokio::spawn(async move {
-            while let Ok((mut sock, _)) = listener.accept().await {
-                let hit_tx = hit_tx.clone();
-                let mut released = released.clone();
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 65536 {
-                        match sock.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    let _ = hit_tx.send(());
-                    let _ = released.wait_for(|open| *open).await;
-                    let body = r#"{"released":true}"#;
-                    let resp = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                    let _ = sock.write_all(resp.as_bytes()).await;
-                    let _ = sock.shutdown().await;
-                });
-            }
-        });
-        Gate { url, hits, release }
-    }
-}
 
 async fn create_pipeline(app: &TestApp, token: &str, body: Value) -> String {
     let r = app.post("/pipelines", &body, Some(token)).await;
@@ -134,11 +86,7 @@ async fn notify(app: &TestApp, token: &str, title: &str) {
 async fn a_socket_on_instance_b_sees_a_run_executed_on_instance_a_and_only_its_owner_does() {
     let db = TestDatabase::new().await;
     let gate = Gate::start().await;
-    let Gate {
-        url: gate_url,
-        hits: mut gate_hits,
-        release,
-    } = gate;
+    let gate_url = gate.url("/gate");
 
     // Instance B alone, room for one run at a time, which a hanging run takes.
     let app_b = spawn_app_on(
@@ -161,10 +109,7 @@ async fn a_socket_on_instance_b_sees_a_run_executed_on_instance_a_and_only_its_o
     )
     .await;
     let blocker_run = start_run(&app_b, &carol, &blocker, json!({})).await;
-    timeout(WAIT, gate_hits.recv())
-        .await
-        .expect("B's executor reaches the gate")
-        .unwrap();
+    gate.wait_for_requests(1, WAIT).await;
 
     // Instance A on the same database: the only executor with room now.
     let app_a = spawn_app_on(&db, &[]).await;
@@ -236,7 +181,7 @@ async fn a_socket_on_instance_b_sees_a_run_executed_on_instance_a_and_only_its_o
     assert_eq!(m["data"]["title"], "for bob", "{m}");
 
     // Let the blocker finish; B reports it to Carol only, through its own bus.
-    release.send(true).unwrap();
+    gate.release();
     let blocker_done = timeout(WAIT, async {
         loop {
             let r = run_status(&app_b, &carol, &blocker_run).await;
