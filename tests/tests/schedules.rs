@@ -303,12 +303,14 @@ async fn schedules_are_private_to_their_owner() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_server_instances_execute_each_occurrence_once() {
     let db = TestDatabase::new().await;
-    let a = spawn_app_on(&db, &[ALLOW_LOOPBACK]).await;
-    let b = spawn_app_on(&db, &[ALLOW_LOOPBACK]).await;
+    // Claims of two occurrences at a time, ten due each second: both instances get a share.
+    const SMALL_BATCHES: (&str, &str) = ("GATHERING__SCHEDULER__BATCH_SIZE", "2");
+    let a = spawn_app_on(&db, &[ALLOW_LOOPBACK, SMALL_BATCHES]).await;
+    let b = spawn_app_on(&db, &[ALLOW_LOOPBACK, SMALL_BATCHES]).await;
     let token = a.user_token().await;
     let server = counter().await;
     let mut ids = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..10 {
         let s: Value = a
             .post("/schedules", &call_api(&server.url, 1), Some(&token))
             .await
@@ -317,7 +319,7 @@ async fn two_server_instances_execute_each_occurrence_once() {
             .unwrap();
         ids.push(s["id"].as_str().unwrap().to_owned());
     }
-    server.wait_for(12, Duration::from_secs(30)).await;
+    server.wait_for(40, Duration::from_secs(30)).await;
     for id in &ids {
         b.patch(
             &format!("/schedules/{id}"),
@@ -341,6 +343,18 @@ async fn two_server_instances_execute_each_occurrence_once() {
         total += items.len();
     }
     assert_eq!(server.count(), total, "calls and executions differ");
+    // Both instances executed occurrences (so each-once above is not one instance alone).
+    let instances: i64 = a
+        .db_client()
+        .await
+        .query_one(
+            "SELECT count(DISTINCT instance_id) FROM scheduler.executions",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(instances, 2, "both instances took part");
     a.stop().await.unwrap();
     b.stop().await.unwrap();
 }
