@@ -35,6 +35,9 @@ struct FakeTools {
     barrier: Mutex<Option<Arc<tokio::sync::Barrier>>>,
     /// `fragile`: once `flaky_left` is used up, block like `slow` (true) or fail with a 503.
     fragile_blocks: AtomicBool,
+    /// `gauge`: calls in flight now, and the most seen at once.
+    in_flight: AtomicU32,
+    max_in_flight: AtomicU32,
 }
 
 struct DropFlag<'a>(&'a AtomicBool);
@@ -100,6 +103,13 @@ impl ToolInvoker for FakeTools {
                     retryable: true,
                     status: Some(503),
                 })
+            }
+            "gauge" => {
+                let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                self.in_flight.fetch_sub(1, Ordering::SeqCst);
+                Ok(params)
             }
             "barrier" => {
                 let b = self.barrier.lock().clone().unwrap();
@@ -1129,4 +1139,37 @@ async fn action_nodes_naming_an_unknown_tool_are_refused_when_stored() {
         .await
         .unwrap_err();
     assert_eq!(err.details()[0].field, "/nodes/0/config/tool");
+}
+
+#[tokio::test]
+async fn node_executions_per_instance_are_capped_across_runs() {
+    let h = harness_with(
+        false,
+        ExecutorConfig {
+            max_concurrent_nodes: 3,
+            ..cfg()
+        },
+        None,
+    );
+    // Four runs of a fan-out to four nodes each: sixteen nodes ready at once.
+    let fan = |i: usize| action(&format!("g{i}"), "gauge", json!({"i": i}));
+    let def = json!({
+        "nodes": [{"id": "start", "type": "trigger"}, {"id": "fan", "type": "parallel"},
+                  fan(0), fan(1), fan(2), fan(3)],
+        "edges": [{"from": "start", "to": "fan"},
+                  {"from": "fan", "to": "g0"}, {"from": "fan", "to": "g1"},
+                  {"from": "fan", "to": "g2"}, {"from": "fan", "to": "g3"}]
+    });
+    let mut runs = Vec::new();
+    for _ in 0..4 {
+        runs.push(h.start(def.clone(), json!({})).await);
+    }
+    h.idle().await;
+    for run in runs {
+        assert_eq!(h.detail(run).await.run.status, RunStatus::Succeeded);
+    }
+    assert_eq!(h.tools.count("gauge"), 16);
+    let max = h.tools.max_in_flight.load(Ordering::SeqCst);
+    assert!(max <= 3, "{max} node executions at once with a cap of 3");
+    assert!(max >= 2, "nodes did run concurrently ({max})");
 }
