@@ -564,3 +564,84 @@ async fn a_circle_task_is_finished_even_when_its_client_disconnects() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agents_tool_calls_run_through_the_real_registry_and_invalid_arguments_come_back_to_the_model()
+ {
+    // Turn 1: the model calls the calculator twice, once with arguments the schema refuses.
+    // Turn 2: it answers. The second request carries both tool results.
+    let provider = FakeProvider::start(|_: &Recorded, n| {
+        if n == 0 {
+            Reply::json(
+                200,
+                json!({"choices": [{"index": 0, "finish_reason": "tool_calls",
+                "message": {"role": "assistant", "content": null, "tool_calls": [
+                    {"id": "good", "type": "function",
+                     "function": {"name": "calculator", "arguments": "{\"expression\":\"6*7\"}"}},
+                    {"id": "bad", "type": "function",
+                     "function": {"name": "calculator", "arguments": "{\"expression\":42}"}}
+                ]}}], "usage": {"prompt_tokens": 5, "completion_tokens": 5}}),
+            )
+        } else {
+            oa("the answer is 42")
+        }
+    })
+    .await
+    .unwrap();
+    let app = spawn_app_with(&[
+        (
+            "GATHERING__LLM__OPENAI__BASE_URL",
+            provider.base_url.as_str(),
+        ),
+        ("GATHERING__LLM__OPENAI__API_KEY", "sk-env-000000"),
+    ])
+    .await;
+    let token = app.user_token().await;
+    let mut body = agent_body("calc");
+    body["tools"] = json!(["calculator"]);
+    let r = app.post("/agents", &body, Some(&token)).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = app
+        .post(
+            &format!("/agents/{id}/chat"),
+            &json!({"message": "what is six times seven?"}),
+            Some(&token),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["reply"],
+        "the answer is 42"
+    );
+
+    let reqs = provider.recorded();
+    assert_eq!(reqs.len(), 2);
+    let offered: Vec<&str> = reqs[0].body["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["function"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(offered, ["calculator"]);
+    // The registry's JSON Schema is what the model is shown.
+    assert_eq!(
+        reqs[0].body["tools"][0]["function"]["parameters"]["required"],
+        json!(["expression"])
+    );
+    let results: Vec<&Value> = reqs[1].body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "tool")
+        .collect();
+    assert_eq!(results.len(), 2);
+    assert_eq!(results[0]["tool_call_id"], "good");
+    assert_eq!(results[0]["content"], "42");
+    assert_eq!(results[1]["tool_call_id"], "bad");
+    let refused: Value = serde_json::from_str(results[1]["content"].as_str().unwrap()).unwrap();
+    assert_eq!(refused["details"][0]["field"], "/expression", "{refused}");
+}
