@@ -4,7 +4,8 @@
 //! transition's round trip is on the critical path).
 //!
 //! `cargo bench -p gathering-benches --bench pipeline` (needs PostgreSQL at TEST_DATABASE_URL or
-//! 127.0.0.1:5432). Options via env: `RUNS` (100), `ROUNDS` (3), `POOL` (16).
+//! 127.0.0.1:5432). Options via env: `RUNS` (100), `ROUNDS` (3), `POOL` (16), `ASYNC` (0; 1 commits
+//! intermediate node transitions without waiting for the WAL flush).
 
 use async_trait::async_trait;
 use gathering_domain::events::NoopPublisher;
@@ -70,7 +71,11 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let pipelines = Arc::new(PgPipelineRepository::new(pool.clone()));
-    let runs = Arc::new(PgRunRepository::new(pool.clone()));
+    // ASYNC=1: intermediate node transitions skip the WAL flush wait
+    // (GATHERING__PIPELINE__ASYNC_NODE_COMMITS; see PgRunRepository::with_synchronous_transitions).
+    let synchronous = env_num("ASYNC", 0) != 1;
+    let runs =
+        Arc::new(PgRunRepository::new(pool.clone()).with_synchronous_transitions(synchronous));
     let svc = PipelineService::new(
         pipelines,
         runs.clone(),

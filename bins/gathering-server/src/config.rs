@@ -270,6 +270,7 @@ mod tests {
     fn defaults_apply_without_any_configuration() {
         let s = Settings::from_sources(&[]).unwrap();
         assert_eq!(s.server.port, 8080);
+        assert!(!s.pipeline.async_node_commits, "durable node commits by default");
         assert_eq!(s.server.host, "127.0.0.1");
         assert_eq!(s.auth.access_ttl_secs, 900);
         assert_eq!(s.rate_limit.auth_per_minute, 20);
@@ -284,9 +285,13 @@ mod tests {
             ("GATHERING__DATA_DIR", "/tmp/x"),
             ("GATHERING__LLM__OPENAI__API_KEY", "sk-secret"),
             ("DATABASE_URL", "postgres://u@h/db"),
+            ("GATHERING__PIPELINE__ASYNC_NODE_COMMITS", "true"),
+            ("GATHERING__AUTH__USER_CACHE_TTL_SECS", "5"),
         ]))
         .unwrap();
         assert_eq!(s.server.port, 9999);
+        assert!(s.pipeline.async_node_commits);
+        assert_eq!(s.auth.user_cache_ttl_secs, 5);
         assert_eq!(s.auth.max_failed_logins, 3);
         assert_eq!(s.data_dir, PathBuf::from("/tmp/x"));
         assert_eq!(

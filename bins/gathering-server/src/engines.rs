@@ -170,9 +170,10 @@ pub fn build(
     let runner: Arc<dyn AgentRunner> = llm.agents.clone();
 
     // Pipelines.
-    let runs = Arc::new(gathering_store::pipeline::PgRunRepository::new(
-        pool.clone(),
-    ));
+    let runs = Arc::new(
+        gathering_store::pipeline::PgRunRepository::new(pool.clone())
+            .with_synchronous_transitions(!settings.pipeline.async_node_commits),
+    );
     let pipelines = Arc::new(
         PipelineService::new(
             Arc::new(gathering_store::pipeline::PgPipelineRepository::new(

@@ -28,6 +28,10 @@ pub struct PipelineSettings {
     pub max_rescues: u32,
     /// `GATHERING__PIPELINE__NODE_TIMEOUT_SECS`: default timeout of a node attempt.
     pub node_timeout_secs: u64,
+    /// `GATHERING__PIPELINE__ASYNC_NODE_COMMITS`: commit intermediate node transitions without
+    /// waiting for the WAL flush (faster; a database crash may re-run the last few finished
+    /// nodes, with their idempotency keys). Off by default.
+    pub async_node_commits: bool,
 }
 
 impl Default for PipelineSettings {
@@ -44,6 +48,7 @@ impl Default for PipelineSettings {
             poll_interval_ms: d.poll_interval.as_millis() as u64,
             max_rescues: d.max_rescues,
             node_timeout_secs: d.default_node_timeout.as_secs(),
+            async_node_commits: false,
         }
     }
 }

@@ -255,20 +255,22 @@ pub struct PgRunRepository {
 }
 
 impl PgRunRepository {
-    /// Intermediate node transitions (`RunCommit::Nodes`) are committed with
-    /// `synchronous_commit = off`: they skip the WAL flush wait, which is what bounds node
-    /// throughput. A *database* crash may then lose the last few hundred milliseconds of them,
-    /// which only means those nodes run again after resume with the same idempotency key (the
-    /// rule for an executor crash). Claims, finishes, releases and cancels stay synchronous, and
-    /// a synchronous commit also makes every earlier transition durable (the WAL is ordered).
+    /// Every transition waits for its WAL flush: a node recorded as finished is never run
+    /// again, even after a database crash.
     pub fn new(pool: PgPool) -> Self {
         Self {
             pool,
-            synchronous_transitions: false,
+            synchronous_transitions: true,
         }
     }
 
-    /// Makes every node transition wait for its WAL flush too.
+    /// `false` commits intermediate node transitions (`RunCommit::Nodes`) with
+    /// `synchronous_commit = off` (`GATHERING__PIPELINE__ASYNC_NODE_COMMITS`): they skip the WAL
+    /// flush wait, which bounds node throughput. A *database* crash may then lose the last few
+    /// hundred milliseconds of them, which only means those nodes run again after resume with
+    /// the same idempotency key (the rule for an executor crash). Claims, finishes, releases and
+    /// cancels stay synchronous, and a synchronous commit also makes every earlier transition
+    /// durable (the WAL is ordered).
     pub fn with_synchronous_transitions(mut self, on: bool) -> Self {
         self.synchronous_transitions = on;
         self
