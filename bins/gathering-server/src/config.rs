@@ -270,7 +270,10 @@ mod tests {
     fn defaults_apply_without_any_configuration() {
         let s = Settings::from_sources(&[]).unwrap();
         assert_eq!(s.server.port, 8080);
-        assert!(!s.pipeline.async_node_commits, "durable node commits by default");
+        assert!(
+            !s.pipeline.async_node_commits,
+            "durable node commits by default"
+        );
         assert_eq!(s.server.host, "127.0.0.1");
         assert_eq!(s.auth.access_ttl_secs, 900);
         assert_eq!(s.rate_limit.auth_per_minute, 20);
