@@ -232,7 +232,7 @@ async fn file_tools_are_scoped_to_usable_projects_and_their_root() {
             Some(&admin),
         )
         .await;
-    assert_error(r, StatusCode::FORBIDDEN, "forbidden").await;
+    assert_error(r, StatusCode::FORBIDDEN, "path_forbidden").await;
 
     // A user who is not a member does not get the project.
     let r = app

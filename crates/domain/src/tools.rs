@@ -23,6 +23,9 @@ pub enum ToolError {
     InvalidParams(Vec<FieldProblem>),
     #[error("{0}")]
     Forbidden(String),
+    /// A project path that leaves the project root (API.md: 403 `path_forbidden`).
+    #[error("{0}")]
+    PathForbidden(String),
     #[error("tool timed out after {0} ms")]
     Timeout(u64),
     /// The tool ran and failed. `retryable`: connection errors, timeouts, 429, 5xx.
@@ -59,7 +62,7 @@ impl ErrorCode for ToolError {
         match self {
             ToolError::UnknownTool(_) => ErrorKind::NotFound,
             ToolError::InvalidParams(_) => ErrorKind::Validation,
-            ToolError::Forbidden(_) => ErrorKind::Forbidden,
+            ToolError::Forbidden(_) | ToolError::PathForbidden(_) => ErrorKind::Forbidden,
             // A tool that ran and failed is the caller's input problem, reported as 422 with
             // the tool's message (it never carries server internals).
             ToolError::Timeout(_) | ToolError::Failed { .. } => ErrorKind::Validation,
@@ -70,6 +73,7 @@ impl ErrorCode for ToolError {
             ToolError::UnknownTool(_) => "not_found",
             ToolError::InvalidParams(_) => "validation_failed",
             ToolError::Forbidden(_) => "forbidden",
+            ToolError::PathForbidden(_) => "path_forbidden",
             ToolError::Timeout(_) => "tool_timeout",
             ToolError::Failed { .. } => "tool_failed",
         }

@@ -211,7 +211,7 @@ async fn file_tools_refuse_paths_leaving_the_root_and_write_nothing() {
         .await
         .unwrap_err();
         assert!(
-            matches!(err, ToolError::Forbidden(_)),
+            matches!(err, ToolError::PathForbidden(_)),
             "{tool} {path}: {err:?}"
         );
     }

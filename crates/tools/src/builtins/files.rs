@@ -115,7 +115,7 @@ impl FileTools {
 
 fn path_error(e: PathError) -> ToolError {
     match e {
-        PathError::Forbidden(m) => ToolError::Forbidden(format!("path not allowed: {m}")),
+        PathError::Forbidden(m) => ToolError::PathForbidden(format!("path not allowed: {m}")),
         PathError::Invalid(m) => {
             ToolError::InvalidParams(vec![FieldProblem::new("/path", m.to_owned())])
         }
