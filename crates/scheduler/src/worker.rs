@@ -7,6 +7,7 @@ use crate::actions::{ActionPorts, RetryPolicy};
 use crate::error::SchedulerError;
 use crate::timing::Planner;
 use chrono::{DateTime, Utc};
+use futures::FutureExt;
 use gathering_domain::Clock;
 use gathering_domain::agents::AgentRunner;
 use gathering_domain::events::{Event, EventPublisher};
@@ -17,11 +18,8 @@ use gathering_domain::scheduler::{
 };
 use gathering_domain::tools::ToolInvoker;
 use serde_json::json;
-use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, broadcast};
 use tokio::task::JoinHandle;
@@ -270,10 +268,12 @@ impl Scheduler {
         let started = Instant::now();
         // A panicking action must still end its execution; otherwise the row stays `running` on
         // this live instance (and, with overlap=skip, every later occurrence is skipped).
-        let outcome = match CatchUnwind::new(self.inner.ports.perform(&schedule, &execution)).await
+        let outcome = match AssertUnwindSafe(self.inner.ports.perform(&schedule, &execution))
+            .catch_unwind()
+            .await
         {
             Ok(outcome) => outcome,
-            Err(Panicked) => {
+            Err(_payload) => {
                 tracing::error!(
                     schedule_id = %schedule.id,
                     execution_id = %execution.id,
@@ -669,46 +669,6 @@ async fn next_wake(listener: &mut Option<broadcast::Receiver<ListenerEvent>>) ->
     }
 }
 
-/// Marks a panic that escaped a future polled by [`CatchUnwind`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Panicked;
-
-/// Turns a panic while polling the inner future into `Err(Panicked)`. The inner future is not
-/// polled again after it panicked.
-struct CatchUnwind<F> {
-    inner: Option<Pin<Box<F>>>,
-}
-
-impl<F: Future> CatchUnwind<F> {
-    fn new(future: F) -> Self {
-        Self {
-            inner: Some(Box::pin(future)),
-        }
-    }
-}
-
-impl<F: Future> Future for CatchUnwind<F> {
-    type Output = Result<F::Output, Panicked>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let Some(inner) = self.inner.as_mut() else {
-            return Poll::Ready(Err(Panicked));
-        };
-        match std::panic::catch_unwind(AssertUnwindSafe(|| inner.as_mut().poll(cx))) {
-            Ok(Poll::Pending) => Poll::Pending,
-            Ok(Poll::Ready(v)) => {
-                self.inner = None;
-                Poll::Ready(Ok(v))
-            }
-            Err(_payload) => {
-                // Dropping the payload here (not its text in any record) is deliberate.
-                self.inner = None;
-                Poll::Ready(Err(Panicked))
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
@@ -763,17 +723,5 @@ mod tests {
             tx.send(note("gathering_events")).unwrap();
         }
         assert_eq!(next_wake(&mut listener).await, ListenerWake::Wake);
-    }
-
-    #[tokio::test]
-    async fn a_panicking_future_becomes_an_error() {
-        let ok = CatchUnwind::new(async { 7 }).await;
-        assert_eq!(ok, Ok(7));
-        let panicked = CatchUnwind::new(async {
-            tokio::task::yield_now().await;
-            panic!("secret internals");
-        })
-        .await;
-        assert_eq!(panicked, Err::<(), _>(Panicked));
     }
 }
