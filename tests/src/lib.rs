@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod gate;
+pub mod loopback;
 pub mod ws;
 
 use gathering_server::{Application, Settings};

@@ -4,108 +4,50 @@
 
 use gathering_llm::test_support::{FakeProvider, Recorded, Reply};
 use gathering_tests::gate::Gate;
+use gathering_tests::loopback::{Answer, Loopback};
 use gathering_tests::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
-/// A tiny HTTP/1.1 server on 127.0.0.1 counting hits per path:
+/// The tools' target, counting hits per path:
 /// `/ok` 200, `/hit/<name>` 200, `/flaky/<n>` 503 for the first n calls then 200,
 /// `/notfound` 404, `/always500` 500, `/slow` answers after 30 s, `/once-slow/<k>` hangs on
 /// its first call and answers 200 afterwards.
-#[derive(Clone)]
-struct Target {
-    base: String,
-    hits: Arc<Mutex<HashMap<String, usize>>>,
-}
+struct Target;
 
 impl Target {
-    async fn start() -> Target {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
-        let hits: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
-        let h = hits.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut sock, _)) = listener.accept().await else {
-                    break;
-                };
-                let hits = h.clone();
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match sock.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                        if buf.len() > 65536 {
-                            return;
-                        }
-                    }
-                    let head = String::from_utf8_lossy(&buf).to_string();
-                    let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
-                    let count = {
-                        let mut m = hits.lock().unwrap();
-                        let c = m.entry(path.clone()).or_insert(0);
-                        *c += 1;
-                        *c
-                    };
-                    let (status, body) = if path == "/ok" || path.starts_with("/hit/") {
-                        (200, json!({"ok": true, "n": 42, "path": path}))
-                    } else if let Some(n) = path.strip_prefix("/flaky/") {
-                        if count <= n.parse::<usize>().unwrap_or(0) {
-                            (503, json!({"error": "try later"}))
-                        } else {
-                            (200, json!({"ok": true, "after": count}))
-                        }
-                    } else if path.starts_with("/once-slow/") {
-                        if count == 1 {
-                            // The first call hangs (its caller is killed meanwhile).
-                            tokio::time::sleep(Duration::from_secs(120)).await;
-                        }
-                        (200, json!({"ok": true, "call": count}))
-                    } else if path == "/notfound" {
-                        (404, json!({"error": "nope"}))
-                    } else if path == "/always500" {
-                        (500, json!({"error": "boom"}))
-                    } else if path == "/slow" {
-                        tokio::time::sleep(Duration::from_secs(30)).await;
-                        (200, json!({"slow": true}))
-                    } else {
-                        (404, json!({}))
-                    };
-                    let body = body.to_string();
-                    let reason = match status {
-                        200 => "OK",
-                        404 => "Not Found",
-                        500 => "Internal Server Error",
-                        _ => "Service Unavailable",
-                    };
-                    let resp = format!(
-                        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                    let _ = sock.write_all(resp.as_bytes()).await;
-                    let _ = sock.shutdown().await;
-                });
+    async fn start() -> Loopback {
+        Loopback::start(|path, count| {
+            if path == "/ok" || path.starts_with("/hit/") {
+                Answer::json(200, json!({"ok": true, "n": 42, "path": path}))
+            } else if let Some(n) = path.strip_prefix("/flaky/") {
+                if count <= n.parse::<usize>().unwrap_or(0) {
+                    Answer::json(503, json!({"error": "try later"}))
+                } else {
+                    Answer::json(200, json!({"ok": true, "after": count}))
+                }
+            } else if path.starts_with("/once-slow/") {
+                // The first call hangs (its caller is killed meanwhile).
+                let a = Answer::json(200, json!({"ok": true, "call": count}));
+                if count == 1 {
+                    a.after(Duration::from_secs(120))
+                } else {
+                    a
+                }
+            } else if path == "/notfound" {
+                Answer::json(404, json!({"error": "nope"}))
+            } else if path == "/always500" {
+                Answer::json(500, json!({"error": "boom"}))
+            } else if path == "/slow" {
+                Answer::json(200, json!({"slow": true})).after(Duration::from_secs(30))
+            } else {
+                Answer::json(404, json!({}))
             }
-        });
-        Target { base, hits }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    fn hits(&self, path: &str) -> usize {
-        self.hits.lock().unwrap().get(path).copied().unwrap_or(0)
+        })
+        .await
     }
 }
 
@@ -186,7 +128,7 @@ async fn linear_pipeline_calls_the_target_in_order_and_passes_outputs() {
         json!({"name": "linear", "nodes": [
             {"id": "start", "type": "trigger"},
             get_node("fetch", target.url("/ok")),
-            get_node("next", format!("{}/hit/{{{{nodes.fetch.output.status}}}}-{{{{input.tag}}}}", target.base))
+            get_node("next", target.url("/hit/{{nodes.fetch.output.status}}-{{input.tag}}"))
         ], "edges": [{"from": "start", "to": "fetch"}, {"from": "fetch", "to": "next"}]}),
     )
     .await;

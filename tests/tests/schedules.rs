@@ -2,84 +2,20 @@
 //! loopback HTTP server; run-now; pause; validation; two instances on one database.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use gathering_tests::loopback::{Answer, Loopback};
 use gathering_tests::{
     TestApp, TestDatabase, assert_error, spawn_app, spawn_app_on, spawn_app_with,
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::collections::HashSet;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-use tokio::sync::Notify;
 
 const ALLOW_LOOPBACK: (&str, &str) = ("GATHERING__TOOLS__HTTP_ALLOWED_HOSTS", "127.0.0.1");
 
-/// A loopback HTTP server that counts requests and signals each one.
-struct Counter {
-    url: String,
-    hits: Arc<AtomicUsize>,
-    hit: Arc<Notify>,
-}
-
-impl Counter {
-    fn count(&self) -> usize {
-        self.hits.load(Ordering::SeqCst)
-    }
-
-    /// Waits (bounded) until at least `n` requests arrived.
-    async fn wait_for(&self, n: usize, within: Duration) {
-        tokio::time::timeout(within, async {
-            loop {
-                let notified = self.hit.notified();
-                if self.count() >= n {
-                    return;
-                }
-                notified.await;
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("expected {n} calls, got {}", self.count()));
-    }
-}
-
-async fn counter() -> Counter {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let hits = Arc::new(AtomicUsize::new(0));
-    let hit = Arc::new(Notify::new());
-    let (h, n) = (hits.clone(), hit.clone());
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            let (h, n) = (h.clone(), n.clone());
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 2048];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match conn.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(k) => buf.extend_from_slice(&chunk[..k]),
-                    }
-                }
-                h.fetch_add(1, Ordering::SeqCst);
-                n.notify_waiters();
-                let body = r#"{"ok":true}"#;
-                let resp = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = conn.write_all(resp.as_bytes()).await;
-                let _ = conn.shutdown().await;
-            });
-        }
-    });
-    Counter {
-        url: format!("http://{addr}/hit"),
-        hits,
-        hit,
-    }
+/// A loopback HTTP server answering 200 to `/hit`, counting requests.
+async fn counter() -> Loopback {
+    Loopback::start(|_, _| Answer::json(200, json!({"ok": true}))).await
 }
 
 fn call_api(url: &str, interval: i64) -> Value {
@@ -124,7 +60,11 @@ async fn interval_schedule_fires_and_really_calls_the_api() {
     let token = app.user_token().await;
     let server = counter().await;
     let r = app
-        .post("/schedules", &call_api(&server.url, 1), Some(&token))
+        .post(
+            "/schedules",
+            &call_api(&server.url("/hit"), 1),
+            Some(&token),
+        )
         .await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let s: Value = r.json().await.unwrap();
@@ -133,7 +73,7 @@ async fn interval_schedule_fires_and_really_calls_the_api() {
     assert_eq!(s["missed_runs"], "skip");
     let id = s["id"].as_str().unwrap();
 
-    server.wait_for(2, Duration::from_secs(20)).await;
+    server.wait_for(None, 2, Duration::from_secs(20)).await;
     let items = settled(&app, &token, id, 2).await;
     let ok: Vec<_> = items
         .iter()
@@ -158,7 +98,11 @@ async fn run_now_answers_202_and_performs_the_action() {
     let token = app.user_token().await;
     let server = counter().await;
     let s: Value = app
-        .post("/schedules", &call_api(&server.url, 86_400), Some(&token))
+        .post(
+            "/schedules",
+            &call_api(&server.url("/hit"), 86_400),
+            Some(&token),
+        )
         .await
         .json()
         .await
@@ -174,12 +118,12 @@ async fn run_now_answers_202_and_performs_the_action() {
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     let e: Value = r.json().await.unwrap();
     assert_eq!(e["status"], "running");
-    server.wait_for(1, Duration::from_secs(15)).await;
+    server.wait_for(None, 1, Duration::from_secs(15)).await;
     let items = settled(&app, &token, id, 1).await;
     assert_eq!(items.len(), 1);
     assert_eq!(items[0]["id"], e["id"]);
     assert_eq!(items[0]["status"], "succeeded");
-    assert_eq!(server.count(), 1);
+    assert_eq!(server.requests(), 1);
     app.stop().await.unwrap();
 }
 
@@ -189,13 +133,17 @@ async fn paused_schedule_stops_firing() {
     let token = app.user_token().await;
     let server = counter().await;
     let s: Value = app
-        .post("/schedules", &call_api(&server.url, 1), Some(&token))
+        .post(
+            "/schedules",
+            &call_api(&server.url("/hit"), 1),
+            Some(&token),
+        )
         .await
         .json()
         .await
         .unwrap();
     let id = s["id"].as_str().unwrap();
-    server.wait_for(1, Duration::from_secs(15)).await;
+    server.wait_for(None, 1, Duration::from_secs(15)).await;
     let r = app
         .patch(
             &format!("/schedules/{id}"),
@@ -211,7 +159,7 @@ async fn paused_schedule_stops_firing() {
     // Proving absence needs time: three would-be occurrences.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(executions(&app, &token, id).await.len(), before);
-    assert_eq!(server.count(), before);
+    assert_eq!(server.requests(), before);
     app.stop().await.unwrap();
 }
 
@@ -312,14 +260,18 @@ async fn two_server_instances_execute_each_occurrence_once() {
     let mut ids = Vec::new();
     for _ in 0..10 {
         let s: Value = a
-            .post("/schedules", &call_api(&server.url, 1), Some(&token))
+            .post(
+                "/schedules",
+                &call_api(&server.url("/hit"), 1),
+                Some(&token),
+            )
             .await
             .json()
             .await
             .unwrap();
         ids.push(s["id"].as_str().unwrap().to_owned());
     }
-    server.wait_for(40, Duration::from_secs(30)).await;
+    server.wait_for(None, 40, Duration::from_secs(30)).await;
     for id in &ids {
         b.patch(
             &format!("/schedules/{id}"),
@@ -342,7 +294,7 @@ async fn two_server_instances_execute_each_occurrence_once() {
         );
         total += items.len();
     }
-    assert_eq!(server.count(), total, "calls and executions differ");
+    assert_eq!(server.requests(), total, "calls and executions differ");
     // Both instances executed occurrences (so each-once above is not one instance alone).
     let instances: i64 = a
         .db_client()

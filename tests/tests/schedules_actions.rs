@@ -5,129 +5,36 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use gathering_llm::test_support::{FakeProvider, Recorded, Reply};
+use gathering_tests::loopback::{Answer, Loopback};
 use gathering_tests::{TestApp, spawn_app, spawn_app_with};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
 const ALLOW_LOOPBACK: (&str, &str) = ("GATHERING__TOOLS__HTTP_ALLOWED_HOSTS", "127.0.0.1");
 
-/// A loopback HTTP/1.1 server counting hits per path: `/ok` 200, `/flaky` 500 on its first
-/// call then 200, `/missing` 404. Also counts every accepted TCP connection.
-struct Target {
-    base: String,
-    hits: Arc<Mutex<HashMap<String, usize>>>,
-    connections: Arc<AtomicUsize>,
-}
+/// The action's target, counting hits per path (and TCP connections): `/ok` 200, `/flaky` 500
+/// on its first call then 200, `/missing` 404.
+struct Target;
 
 impl Target {
-    async fn start() -> Target {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let hits: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
-        let h = hits.clone();
-        let connections: Arc<AtomicUsize> = Arc::default();
-        let c = connections.clone();
-        tokio::spawn(async move {
-            while let Ok((mut sock, _)) = listener.accept().await {
-                c.fetch_add(1, Ordering::SeqCst);
-                let hits = h.clone();
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match sock.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    let head = String::from_utf8_lossy(&buf).to_string();
-                    let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
-                    let count = {
-                        let mut m = hits.lock().unwrap();
-                        let c = m.entry(path.clone()).or_insert(0);
-                        *c += 1;
-                        *c
-                    };
-                    let (status, reason, body) = match path.as_str() {
-                        "/ok" => (200, "OK", json!({"ok": true})),
-                        "/flaky" if count == 1 => {
-                            (500, "Internal Server Error", json!({"error": "boom"}))
-                        }
-                        "/flaky" => (200, "OK", json!({"ok": true, "call": count})),
-                        _ => (404, "Not Found", json!({"error": "nope"})),
-                    };
-                    let body = body.to_string();
-                    let resp = format!(
-                        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                    let _ = sock.write_all(resp.as_bytes()).await;
-                    let _ = sock.shutdown().await;
-                });
-            }
-        });
-        Target {
-            base,
-            hits,
-            connections,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    fn hits(&self, path: &str) -> usize {
-        self.hits.lock().unwrap().get(path).copied().unwrap_or(0)
-    }
-
-    fn connections(&self) -> usize {
-        self.connections.load(Ordering::SeqCst)
+    async fn start() -> Loopback {
+        Loopback::start(|path, count| match path {
+            "/ok" => Answer::json(200, json!({"ok": true})),
+            "/flaky" if count == 1 => Answer::json(500, json!({"error": "boom"})),
+            "/flaky" => Answer::json(200, json!({"ok": true, "call": count})),
+            _ => Answer::json(404, json!({"error": "nope"})),
+        })
+        .await
     }
 }
 
-/// A loopback server that accepts connections, reads the request head, counts it, and then
-/// never answers (it holds the socket open for a minute).
-struct Silent {
-    base: String,
-    requests: Arc<AtomicUsize>,
-}
+/// A server that reads each request, counts it, and answers only after a minute.
+struct Silent;
 
 impl Silent {
-    async fn start() -> Silent {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let requests: Arc<AtomicUsize> = Arc::default();
-        let r = requests.clone();
-        tokio::spawn(async move {
-            while let Ok((mut sock, _)) = listener.accept().await {
-                let requests = r.clone();
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match sock.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    requests.fetch_add(1, Ordering::SeqCst);
-                    tokio::time::sleep(Duration::from_secs(60)).await;
-                    drop(sock);
-                });
-            }
-        });
-        Silent { base, requests }
-    }
-
-    fn requests(&self) -> usize {
-        self.requests.load(Ordering::SeqCst)
+    async fn start() -> Loopback {
+        Loopback::start(|_, _| Answer::json(200, json!({})).after(Duration::from_secs(60))).await
     }
 }
 
@@ -462,7 +369,7 @@ async fn call_api_to_a_loopback_address_is_refused_without_the_allow_list() {
     );
 
     // A name that resolves to loopback is refused by the resolver just the same.
-    let port = target.base.rsplit(':').next().unwrap();
+    let port = target.port();
     let by_name = create_schedule(
         &app,
         &token,
@@ -492,7 +399,7 @@ async fn call_api_that_exceeds_its_timeout_fails_the_execution() {
         &app,
         &token,
         "call_api",
-        json!({"url": format!("{}/slow", silent.base), "timeout_ms": 300, "max_attempts": 2}),
+        json!({"url": silent.url("/slow"), "timeout_ms": 300, "max_attempts": 2}),
     )
     .await;
     let started = Instant::now();

@@ -5,16 +5,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use chrono::{DateTime, Utc};
+use gathering_tests::loopback::{Answer, Loopback};
 use gathering_tests::{PASSWORD, TestApp, TestDatabase, base_env, spawn_app_on};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 use uuid::Uuid;
 
 const ALLOW_LOOPBACK: (&str, &str) = ("GATHERING__TOOLS__HTTP_ALLOWED_HOSTS", "127.0.0.1");
@@ -33,66 +30,21 @@ const FAST_RECOVERY: [(&str, &str); 3] = [
 /// recovered at start-up.
 const DOWNTIME: Duration = Duration::from_secs(8);
 
-/// A loopback HTTP server counting hits per path: `/slow` never answers before its caller is
+/// The action's target, counting hits per path: `/slow` never answers before its caller is
 /// gone (120 s), anything else answers 200 at once.
-struct Target {
-    base: String,
-    hits: Arc<Mutex<HashMap<String, usize>>>,
-}
+struct Target;
 
 impl Target {
-    async fn start() -> Target {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let hits: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
-        let h = hits.clone();
-        tokio::spawn(async move {
-            while let Ok((mut sock, _)) = listener.accept().await {
-                let hits = h.clone();
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match sock.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    let head = String::from_utf8_lossy(&buf).to_string();
-                    let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
-                    *hits.lock().unwrap().entry(path.clone()).or_insert(0) += 1;
-                    if path == "/slow" {
-                        tokio::time::sleep(Duration::from_secs(120)).await;
-                    }
-                    let body = r#"{"ok":true}"#;
-                    let resp = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                    let _ = sock.write_all(resp.as_bytes()).await;
-                    let _ = sock.shutdown().await;
-                });
-            }
-        });
-        Target { base, hits }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    fn hits(&self, path: &str) -> usize {
-        self.hits.lock().unwrap().get(path).copied().unwrap_or(0)
-    }
-
-    async fn wait_for(&self, path: &str, n: usize) {
-        tokio::time::timeout(Duration::from_secs(30), async {
-            while self.hits(path) < n {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+    async fn start() -> Loopback {
+        Loopback::start(|path, _| {
+            let ok = Answer::json(200, json!({"ok": true}));
+            if path == "/slow" {
+                ok.after(Duration::from_secs(120))
+            } else {
+                ok
             }
         })
         .await
-        .unwrap_or_else(|_| panic!("{path}: expected {n} calls, got {}", self.hits(path)));
     }
 }
 
@@ -275,9 +227,15 @@ async fn kill_9_of_every_instance_then_restart_honours_missed_run_policies_witho
     let slow_exec: Value = r.json().await.unwrap();
 
     // Both every-second schedules fire a few times; the slow call is in flight.
-    target.wait_for("/skip", 2).await;
-    target.wait_for("/once", 2).await;
-    target.wait_for("/slow", 1).await;
+    target
+        .wait_for(Some("/skip"), 2, Duration::from_secs(30))
+        .await;
+    target
+        .wait_for(Some("/once"), 2, Duration::from_secs(30))
+        .await;
+    target
+        .wait_for(Some("/slow"), 1, Duration::from_secs(30))
+        .await;
 
     kill_9(a).await;
     kill_9(b).await;
@@ -485,8 +443,12 @@ async fn short_crash_does_not_replay_the_backlog() {
                           "action_config": {"url": target.url(path)}});
         ids.push((path, create(&client, &base, &token, body).await));
     }
-    target.wait_for("/short-skip", 2).await;
-    target.wait_for("/short-once", 2).await;
+    target
+        .wait_for(Some("/short-skip"), 2, Duration::from_secs(30))
+        .await;
+    target
+        .wait_for(Some("/short-once"), 2, Duration::from_secs(30))
+        .await;
     let checker = {
         let (c, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
             .await

@@ -1,45 +1,14 @@
 //! Black-box: `GET /tools`, `POST /tools/{name}/invoke` against the real server.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use gathering_tests::loopback::{Answer, Loopback};
 use gathering_tests::{assert_error, spawn_app, spawn_app_with};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use std::sync::{Arc, Mutex};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
-/// A loopback HTTP server answering every request with `{"pong": true}`; records the paths.
-async fn pong_server() -> (String, Arc<Mutex<Vec<String>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let hits = Arc::new(Mutex::new(Vec::new()));
-    let seen = hits.clone();
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            let seen = seen.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 2048];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match conn.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                let head = String::from_utf8_lossy(&buf);
-                let path = head.split(' ').nth(1).unwrap_or("").to_owned();
-                seen.lock().unwrap().push(path);
-                let body = r#"{"pong":true}"#;
-                let resp = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = conn.write_all(resp.as_bytes()).await;
-                let _ = conn.shutdown().await;
-            });
-        }
-    });
-    (format!("http://{addr}"), hits)
+/// A loopback HTTP server answering every request with `{"pong": true}`.
+async fn pong_server() -> Loopback {
+    Loopback::start(|_, _| Answer::json(200, json!({"pong": true}))).await
 }
 
 #[tokio::test]
@@ -117,13 +86,13 @@ async fn unknown_tool_is_404() {
 
 #[tokio::test]
 async fn invalid_params_are_422_with_one_detail_per_parameter_and_nothing_is_sent() {
-    let (base, hits) = pong_server().await;
+    let pong = pong_server().await;
     let app = spawn_app_with(&[("GATHERING__TOOLS__HTTP_ALLOWED_HOSTS", "127.0.0.1")]).await;
     let token = app.user_token().await;
     let r = app
         .post(
             "/tools/http_request/invoke",
-            &json!({"params": {"method": "FETCH", "url": format!("{base}/x"), "timeout_ms": "soon"}}),
+            &json!({"params": {"method": "FETCH", "url": pong.url("/x"), "timeout_ms": "soon"}}),
             Some(&token),
         )
         .await;
@@ -136,18 +105,18 @@ async fn invalid_params_are_422_with_one_detail_per_parameter_and_nothing_is_sen
         .collect();
     fields.sort();
     assert_eq!(fields, ["/method", "/timeout_ms"]);
-    assert!(hits.lock().unwrap().is_empty(), "the tool never ran");
+    assert_eq!(pong.requests(), 0, "the tool never ran");
 }
 
 #[tokio::test]
 async fn http_request_reaches_an_allowed_loopback_server() {
-    let (base, hits) = pong_server().await;
+    let pong = pong_server().await;
     let app = spawn_app_with(&[("GATHERING__TOOLS__HTTP_ALLOWED_HOSTS", "127.0.0.1")]).await;
     let token = app.user_token().await;
     let r = app
         .post(
             "/tools/http_request/invoke",
-            &json!({"params": {"method": "GET", "url": format!("{base}/ping")}}),
+            &json!({"params": {"method": "GET", "url": pong.url("/ping")}}),
             Some(&token),
         )
         .await;
@@ -155,17 +124,17 @@ async fn http_request_reaches_an_allowed_loopback_server() {
     let out = r.json::<Value>().await.unwrap()["output"].clone();
     assert_eq!(out["status"], 200);
     assert_eq!(out["body"], json!({"pong": true}));
-    assert_eq!(*hits.lock().unwrap(), ["/ping"]);
+    assert_eq!((pong.requests(), pong.hits("/ping")), (1, 1));
 }
 
 #[tokio::test]
 async fn http_request_to_loopback_metadata_or_private_targets_is_403_by_default() {
-    let (base, hits) = pong_server().await;
+    let pong = pong_server().await;
     let app = spawn_app().await;
     let token = app.user_token().await;
-    let port = base.rsplit(':').next().unwrap();
+    let port = pong.port();
     for url in [
-        format!("{base}/ping"),
+        pong.url("/ping"),
         format!("http://localhost:{port}/ping"),
         "http://169.254.169.254/latest/meta-data/".to_owned(),
         "http://10.0.0.1/".to_owned(),
@@ -179,7 +148,7 @@ async fn http_request_to_loopback_metadata_or_private_targets_is_403_by_default(
             .await;
         assert_error(r, StatusCode::FORBIDDEN, "forbidden").await;
     }
-    assert!(hits.lock().unwrap().is_empty());
+    assert_eq!(pong.requests(), 0);
 }
 
 #[tokio::test]
