@@ -1,13 +1,12 @@
 //! Agents, chat sessions, memories, circles and provider settings on PostgreSQL (schema `agents`).
 //!
 //! [`PgAgentStore`] implements [`AgentRepository`], [`CircleRepository`] and
-//! [`ProviderSettingsRepository`]. It counts the statements it sends ([`PgAgentStore::queries`]) so
-//! tests can prove that a read (e.g. `get_circle`, PERF-02) costs a bounded number of queries.
+//! [`ProviderSettingsRepository`].
 
-use crate::error::db_err;
+use crate::error::{db_err, fk_conflict};
 use crate::page::query_page;
 use crate::pool::{PgPool, conn};
-use crate::users::invalid;
+use crate::error::invalid;
 use async_trait::async_trait;
 use gathering_domain::agents::{
     Agent, AgentPatch, AgentRepository, ChatRole, Circle, CircleDetail, CircleMember,
@@ -16,10 +15,7 @@ use gathering_domain::agents::{
     ProviderSettingsRepository, StoredMessage, TaskStatus, TaskTurn, Usage,
 };
 use gathering_domain::{Page, PageRequest, RepoError};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use tokio_postgres::Row;
-use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
 /// Longest transcript `get_task` returns.
@@ -136,38 +132,14 @@ fn setting_from_row(row: &Row) -> Result<ProviderSetting, RepoError> {
     })
 }
 
-/// Foreign-key violations name what is missing (`user`, `agent`) instead of a 500.
-fn fk_conflict(what: &str) -> impl Fn(tokio_postgres::Error) -> RepoError + '_ {
-    move |e| {
-        if e.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION) {
-            return RepoError::Conflict(what.to_owned());
-        }
-        db_err(e)
-    }
-}
-
 #[derive(Clone)]
 pub struct PgAgentStore {
     pool: PgPool,
-    queries: Arc<AtomicU64>,
 }
 
 impl PgAgentStore {
     pub fn new(pool: PgPool) -> Self {
-        Self {
-            pool,
-            queries: Arc::new(AtomicU64::new(0)),
-        }
-    }
-
-    /// Statements sent to PostgreSQL so far by this store (and its clones). Transaction
-    /// control (`BEGIN`/`COMMIT`) is not counted.
-    pub fn queries(&self) -> u64 {
-        self.queries.load(Ordering::Relaxed)
-    }
-
-    fn count(&self, n: u64) {
-        self.queries.fetch_add(n, Ordering::Relaxed);
+        Self { pool }
     }
 }
 
@@ -183,7 +155,6 @@ impl AgentRepository for PgAgentStore {
             ))
             .await
             .map_err(db_err)?;
-        self.count(1);
         let row = c
             .query_one(
                 &stmt,
@@ -211,14 +182,12 @@ impl AgentRepository for PgAgentStore {
             ))
             .await
             .map_err(db_err)?;
-        self.count(1);
         let row = c.query_opt(&stmt, &[&id, &owner]).await.map_err(db_err)?;
         row.as_ref().map(agent_from_row).transpose()
     }
 
     async fn list_agents(&self, owner: Uuid, page: PageRequest) -> Result<Page<Agent>, RepoError> {
         let c = conn(&self.pool).await?;
-        self.count(1);
         query_page(
             &c,
             &format!(
@@ -255,7 +224,6 @@ impl AgentRepository for PgAgentStore {
             ))
             .await
             .map_err(db_err)?;
-        self.count(1);
         let row = c
             .query_opt(
                 &stmt,
@@ -281,7 +249,6 @@ impl AgentRepository for PgAgentStore {
             .prepare_cached("DELETE FROM agents.agents WHERE id = $1 AND owner_id = $2")
             .await
             .map_err(db_err)?;
-        self.count(1);
         let n = c.execute(&stmt, &[&id, &owner]).await.map_err(db_err)?;
         Ok(n > 0)
     }
@@ -302,7 +269,6 @@ impl AgentRepository for PgAgentStore {
                     )
                     .await
                     .map_err(db_err)?;
-                self.count(1);
                 let row = c
                     .query_opt(&stmt, &[&sid, &agent_id, &owner])
                     .await
@@ -317,7 +283,6 @@ impl AgentRepository for PgAgentStore {
                     )
                     .await
                     .map_err(db_err)?;
-                self.count(1);
                 let sid = Uuid::now_v7();
                 c.execute(&stmt, &[&sid, &agent_id, &owner])
                     .await
@@ -349,7 +314,6 @@ impl AgentRepository for PgAgentStore {
             )
             .await
             .map_err(db_err)?;
-        self.count(1);
         let row = c
             .query_opt(&stmt, &[&Uuid::now_v7(), &agent_id, &owner, &key])
             .await
@@ -368,7 +332,6 @@ impl AgentRepository for PgAgentStore {
                     )
                     .await
                     .map_err(db_err)?;
-                self.count(1);
                 let r = c
                     .query_one(&again, &[&owner, &agent_id, &key])
                     .await
@@ -397,7 +360,6 @@ impl AgentRepository for PgAgentStore {
         let mut out = Vec::with_capacity(messages.len());
         for m in messages {
             let tool_calls = (!m.tool_calls.is_null()).then_some(&m.tool_calls);
-            self.count(1);
             let row = tx
                 .query_one(
                     &stmt,
@@ -433,7 +395,6 @@ impl AgentRepository for PgAgentStore {
             ))
             .await
             .map_err(db_err)?;
-        self.count(1);
         let rows = c
             .query(&stmt, &[&session_id, &i64::from(limit)])
             .await
@@ -463,7 +424,6 @@ impl AgentRepository for PgAgentStore {
             )
             .await
             .map_err(db_err)?;
-        self.count(1);
         let row = c
             .query_opt(&stmt, &[&Uuid::now_v7(), &agent_id, &owner, &content])
             .await
@@ -481,7 +441,6 @@ impl AgentRepository for PgAgentStore {
         page: PageRequest,
     ) -> Result<Page<Memory>, RepoError> {
         let c = conn(&self.pool).await?;
-        self.count(1);
         query_page(
             &c,
             "SELECT id, agent_id, owner_id, content, created_at FROM agents.memories \
@@ -518,7 +477,6 @@ impl AgentRepository for PgAgentStore {
             )
             .await
             .map_err(db_err)?;
-        self.count(1);
         let rows = c
             .query(&stmt, &[&agent_id, &owner, &query, &i64::from(limit)])
             .await
@@ -539,7 +497,6 @@ impl CircleRepository for PgAgentStore {
             )
             .await
             .map_err(db_err)?;
-        self.count(1);
         let row = tx
             .query_one(&stmt, &[&Uuid::now_v7(), &new.owner_id, &new.name])
             .await
@@ -562,7 +519,6 @@ impl CircleRepository for PgAgentStore {
             )
             .await
             .map_err(db_err)?;
-        self.count(1);
         let n = tx
             .execute(&add, &[&circle.id, &agent_ids, &roles, &new.owner_id])
             .await
@@ -594,7 +550,6 @@ impl CircleRepository for PgAgentStore {
             ))
             .await
             .map_err(db_err)?;
-        self.count(1);
         let rows = c.query(&stmt, &[&id, &owner]).await.map_err(db_err)?;
         let Some(first) = rows.first() else {
             return Ok(None);
@@ -641,7 +596,6 @@ impl CircleRepository for PgAgentStore {
             ))
             .await
             .map_err(db_err)?;
-        self.count(1);
         let row = c
             .query_opt(
                 &stmt,
@@ -665,7 +619,6 @@ impl CircleRepository for PgAgentStore {
             ))
             .await
             .map_err(db_err)?;
-        self.count(1);
         let row = c
             .query_one(
                 &stmt,
@@ -701,7 +654,6 @@ impl CircleRepository for PgAgentStore {
             ))
             .await
             .map_err(db_err)?;
-        self.count(1);
         let row = c
             .query_opt(&stmt, &[&task_id, &status.as_str(), &result, &error])
             .await
@@ -724,7 +676,6 @@ impl CircleRepository for PgAgentStore {
             ))
             .await
             .map_err(db_err)?;
-        self.count(1);
         let Some(row) = c
             .query_opt(&stmt, &[&task_id, &owner])
             .await
@@ -740,7 +691,6 @@ impl CircleRepository for PgAgentStore {
             ))
             .await
             .map_err(db_err)?;
-        self.count(1);
         let rows = c
             .query(&turns, &[&task_id, &MAX_TRANSCRIPT_TURNS])
             .await
@@ -786,7 +736,6 @@ impl ProviderSettingsRepository for PgAgentStore {
             )
             .await
             .map_err(db_err)?;
-        self.count(1);
         let row = c
             .query_one(
                 &stmt,
@@ -818,7 +767,6 @@ impl ProviderSettingsRepository for PgAgentStore {
             )
             .await
             .map_err(db_err)?;
-        self.count(1);
         let row = c
             .query_opt(&stmt, &[&owner, &provider.as_str()])
             .await
@@ -835,7 +783,6 @@ impl ProviderSettingsRepository for PgAgentStore {
             )
             .await
             .map_err(db_err)?;
-        self.count(1);
         let rows = c.query(&stmt, &[&owner]).await.map_err(db_err)?;
         rows.iter().map(setting_from_row).collect()
     }

@@ -3,7 +3,7 @@
 use crate::error::db_err;
 use crate::page::query_page;
 use crate::pool::{PgPool, conn};
-use crate::users::invalid;
+use crate::error::invalid;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use gathering_domain::auth::{AuditEvent, AuditFilter, AuditKind, AuditRepository};

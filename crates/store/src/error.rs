@@ -50,10 +50,39 @@ pub fn db_err(e: tokio_postgres::Error) -> RepoError {
         }
         return RepoError::Other(Box::new(e));
     }
-    if e.is_closed() || e.code().is_none() {
+    // The connection went away or its I/O failed: the database is unavailable. Anything else
+    // (a row that does not decode, a parameter that does not encode) is a bug: 500.
+    let io = std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
+    if e.is_closed() || io {
         return RepoError::Unavailable(Box::new(e));
     }
     RepoError::Other(Box::new(e))
+}
+
+/// A stored value this code does not understand (e.g. a status a CHECK should have refused).
+#[derive(Debug, thiserror::Error)]
+#[error("invalid stored value in {column}: {value}")]
+pub struct InvalidStoredValue {
+    pub column: &'static str,
+    pub value: String,
+}
+
+pub(crate) fn invalid(column: &'static str, value: impl Into<String>) -> RepoError {
+    RepoError::Other(Box::new(InvalidStoredValue {
+        column,
+        value: value.into(),
+    }))
+}
+
+/// Like [`db_err`], but a foreign-key violation means the referenced `what` does not exist:
+/// `Conflict(what)`.
+pub fn fk_conflict(what: &str) -> impl Fn(tokio_postgres::Error) -> RepoError + '_ {
+    move |e| {
+        if e.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION) {
+            return RepoError::Conflict(what.to_owned());
+        }
+        db_err(e)
+    }
 }
 
 /// Failing to get a connection (timeout, refused, the database not accepting connections,

@@ -1,6 +1,6 @@
 //! [`NotificationRepository`] on PostgreSQL (`notify.notifications`).
 
-use crate::error::db_err;
+use crate::error::{db_err, fk_conflict};
 use crate::page::query_page;
 use crate::pool::{PgPool, conn};
 use async_trait::async_trait;
@@ -63,12 +63,7 @@ impl NotificationRepository for PgNotificationRepository {
                 ],
             )
             .await
-            .map_err(|e| match e.code() {
-                Some(&tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION) => {
-                    RepoError::Conflict("user".to_owned())
-                }
-                _ => db_err(e),
-            })?;
+            .map_err(fk_conflict("user"))?;
         if let Some(row) = row {
             return from_row(&row);
         }

@@ -4,7 +4,7 @@
 //! executor extends by heartbeat; [`PgRunRepository::apply`] upserts a batch of node states and
 //! updates the run in ONE statement, guarded by the lease.
 
-use crate::error::db_err;
+use crate::error::{db_err, invalid};
 use crate::page::query_page;
 use crate::pool::{PgPool, conn};
 use async_trait::async_trait;
@@ -19,21 +19,6 @@ use serde_json::Value;
 use std::collections::HashMap;
 use tokio_postgres::Row;
 use uuid::Uuid;
-
-/// A stored value this code does not understand.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid stored value in {column}: {message}")]
-pub struct InvalidStored {
-    pub column: &'static str,
-    pub message: String,
-}
-
-fn invalid(column: &'static str, message: impl Into<String>) -> RepoError {
-    RepoError::Other(Box::new(InvalidStored {
-        column,
-        message: message.into(),
-    }))
-}
 
 fn to_json<T: serde::Serialize>(column: &'static str, v: &T) -> Result<Value, RepoError> {
     serde_json::to_value(v).map_err(|e| invalid(column, e.to_string()))

@@ -1,6 +1,6 @@
 //! [`ProjectRepository`] on PostgreSQL (`workspace.projects`, `workspace.project_members`).
 
-use crate::error::db_err;
+use crate::error::{db_err, fk_conflict};
 use crate::page::query_page;
 use crate::pool::{PgPool, conn};
 use async_trait::async_trait;
@@ -8,7 +8,6 @@ use gathering_domain::auth::UserId;
 use gathering_domain::projects::{NewProject, Project, ProjectRepository};
 use gathering_domain::{Page, PageRequest, RepoError};
 use tokio_postgres::Row;
-use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
 /// Project columns plus its members, aggregated in the same query (no query per row).
@@ -27,14 +26,6 @@ fn project_from_row(row: &Row) -> Result<Project, RepoError> {
         members: row.try_get("members").map_err(db_err)?,
         created_at: row.try_get("created_at").map_err(db_err)?,
     })
-}
-
-/// An owner or member id that names no user: `Conflict("user")`.
-fn unknown_user(e: tokio_postgres::Error) -> RepoError {
-    if e.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION) {
-        return RepoError::Conflict("user".to_owned());
-    }
-    db_err(e)
 }
 
 #[derive(Clone)]
@@ -69,7 +60,7 @@ impl ProjectRepository for PgProjectRepository {
         let row = tx
             .query_one(&insert, &[&id, &new.name, &new.root_path, &new.owner_id])
             .await
-            .map_err(unknown_user)?;
+            .map_err(fk_conflict("user"))?;
         let created_at = row.try_get("created_at").map_err(db_err)?;
         if !members.is_empty() {
             let add = tx
@@ -81,7 +72,7 @@ impl ProjectRepository for PgProjectRepository {
                 .map_err(db_err)?;
             tx.execute(&add, &[&id, &members])
                 .await
-                .map_err(unknown_user)?;
+                .map_err(fk_conflict("user"))?;
         }
         tx.commit().await.map_err(db_err)?;
         Ok(Project {

@@ -6,7 +6,7 @@
 //! `next_run_at` is advanced before the commit. Once committed, the execution row is the claim:
 //! no other instance can create the same occurrence again, whatever happens to the locks.
 
-use crate::error::db_err;
+use crate::error::{db_err, invalid};
 use crate::page::query_page;
 use crate::pool::{PgPool, conn};
 use async_trait::async_trait;
@@ -24,21 +24,6 @@ use uuid::Uuid;
 
 /// First key of the two-key advisory locks taken per schedule while claiming.
 const ADVISORY_CLASS: i32 = 0x5C4E_D001;
-
-/// A stored value this code does not understand.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid stored value in {column}: {value}")]
-pub struct InvalidStored {
-    pub column: &'static str,
-    pub value: String,
-}
-
-fn invalid(column: &'static str, value: &str) -> RepoError {
-    RepoError::Other(Box::new(InvalidStored {
-        column,
-        value: value.to_owned(),
-    }))
-}
 
 const SCHEDULE_COLS: &str = "s.id, s.owner_id, s.name, s.cron, s.interval_secs, s.timezone, \
      s.action_type, s.action_config, s.enabled, s.missed_runs, s.overlap, s.max_executions, \

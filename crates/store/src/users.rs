@@ -1,27 +1,12 @@
 //! [`UserRepository`] on PostgreSQL (`auth.users`).
 
-use crate::error::db_err;
+use crate::error::{db_err, invalid};
 use crate::pool::{PgPool, conn};
 use async_trait::async_trait;
 use gathering_domain::RepoError;
 use gathering_domain::auth::{Email, NewUser, Role, User, UserCredentials, UserId, UserRepository};
 use tokio_postgres::Row;
 use uuid::Uuid;
-
-/// A stored value this code does not understand (e.g. a role the CHECK should have refused).
-#[derive(Debug, thiserror::Error)]
-#[error("invalid stored value in {column}: {value:?}")]
-pub struct InvalidStoredValue {
-    pub column: &'static str,
-    pub value: String,
-}
-
-pub(crate) fn invalid(column: &'static str, value: &str) -> RepoError {
-    RepoError::Other(Box::new(InvalidStoredValue {
-        column,
-        value: value.to_owned(),
-    }))
-}
 
 /// Maps a unique violation on the email index to `Conflict("email")`.
 fn email_conflict(e: tokio_postgres::Error) -> RepoError {
