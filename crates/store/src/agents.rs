@@ -3,10 +3,10 @@
 //! [`PgAgentStore`] implements [`AgentRepository`], [`CircleRepository`] and
 //! [`ProviderSettingsRepository`].
 
+use crate::error::invalid;
 use crate::error::{db_err, fk_conflict};
 use crate::page::query_page;
 use crate::pool::{PgPool, conn};
-use crate::error::invalid;
 use async_trait::async_trait;
 use gathering_domain::agents::{
     Agent, AgentPatch, AgentRepository, ChatRole, Circle, CircleDetail, CircleMember,

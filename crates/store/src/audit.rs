@@ -1,9 +1,9 @@
 //! [`AuditRepository`] on PostgreSQL (`auth.audit_events`).
 
 use crate::error::db_err;
+use crate::error::invalid;
 use crate::page::query_page;
 use crate::pool::{PgPool, conn};
-use crate::error::invalid;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use gathering_domain::auth::{AuditEvent, AuditFilter, AuditKind, AuditRepository};

@@ -348,11 +348,12 @@ impl RunRepository for PgRunRepository {
         page: PageRequest,
     ) -> Result<Option<Page<Run>>, RepoError> {
         let c = conn(&self.pool).await?;
+        let stmt = c
+            .prepare_cached("SELECT 1 FROM pipeline.pipelines WHERE id = $1 AND owner_id = $2")
+            .await
+            .map_err(db_err)?;
         let exists = c
-            .query_opt(
-                "SELECT 1 FROM pipeline.pipelines WHERE id = $1 AND owner_id = $2",
-                &[&pipeline_id, &owner_id],
-            )
+            .query_opt(&stmt, &[&pipeline_id, &owner_id])
             .await
             .map_err(db_err)?;
         if exists.is_none() {

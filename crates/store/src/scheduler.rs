@@ -510,11 +510,12 @@ impl ScheduleRepository for PgScheduleRepository {
         page: PageRequest,
     ) -> Result<Option<Page<Execution>>, RepoError> {
         let c = conn(&self.pool).await?;
+        let stmt = c
+            .prepare_cached("SELECT 1 FROM scheduler.schedules WHERE id = $1 AND owner_id = $2")
+            .await
+            .map_err(db_err)?;
         let exists = c
-            .query_opt(
-                "SELECT 1 FROM scheduler.schedules WHERE id = $1 AND owner_id = $2",
-                &[&schedule_id, &owner],
-            )
+            .query_opt(&stmt, &[&schedule_id, &owner])
             .await
             .map_err(db_err)?;
         if exists.is_none() {
