@@ -23,11 +23,17 @@ use std::num::NonZeroUsize;
 /// Verified access tokens, bounded, least recently used evicted first.
 #[derive(Debug)]
 pub struct VerifiedTokens {
-    inner: Option<Mutex<LruCache<[u8; 32], AccessClaims>>>,
+    inner: Option<Mutex<LruCache<TokenKey, AccessClaims>>>,
 }
 
-fn token_key(token: &str) -> [u8; 32] {
-    Sha256::digest(token.as_bytes()).into()
+/// The cache key of a token: the SHA-256 of its exact bytes. Compute it once per request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TokenKey([u8; 32]);
+
+impl TokenKey {
+    pub fn of(token: &str) -> TokenKey {
+        TokenKey(Sha256::digest(token.as_bytes()).into())
+    }
 }
 
 impl VerifiedTokens {
@@ -42,25 +48,35 @@ impl VerifiedTokens {
     /// `now`; `Ok(None)` when the cache does not know it.
     #[allow(clippy::result_unit_err)]
     pub fn get(&self, token: &str, now: DateTime<Utc>) -> Result<Option<AccessClaims>, ()> {
+        self.get_key(&TokenKey::of(token), now)
+    }
+
+    /// [`Self::get`] by a key computed once.
+    #[allow(clippy::result_unit_err)]
+    pub fn get_key(&self, key: &TokenKey, now: DateTime<Utc>) -> Result<Option<AccessClaims>, ()> {
         let Some(inner) = &self.inner else {
             return Ok(None);
         };
-        let key = token_key(token);
         let mut map = inner.lock();
-        match map.get(&key) {
+        match map.get(key) {
             Some(c) if now >= c.expires_at => {
-                map.pop(&key);
+                map.pop(key);
                 Err(())
             }
-            Some(c) => Ok(Some(c.clone())),
+            Some(c) => Ok(Some(*c)),
             None => Ok(None),
         }
     }
 
     /// Remembers a token that passed a full verification.
     pub fn insert(&self, token: &str, claims: &AccessClaims) {
+        self.insert_key(TokenKey::of(token), claims);
+    }
+
+    /// [`Self::insert`] by a key computed once.
+    pub fn insert_key(&self, key: TokenKey, claims: &AccessClaims) {
         if let Some(inner) = &self.inner {
-            inner.lock().put(token_key(token), claims.clone());
+            inner.lock().put(key, *claims);
         }
     }
 

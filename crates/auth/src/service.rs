@@ -1,6 +1,6 @@
 //! `AuthService`: register, login, refresh, logout, authenticate, audit.
 
-use crate::cache::{UserCache, VerifiedTokens};
+use crate::cache::{TokenKey, UserCache, VerifiedTokens};
 use crate::config::AuthConfig;
 use crate::error::AuthError;
 use crate::password::PasswordHasher;
@@ -636,7 +636,8 @@ impl AuthService {
         meta: &RequestMeta,
     ) -> Result<AccessClaims, AuthError> {
         let now = self.clock.now();
-        let cached = match self.verified.get(access_token, now) {
+        let key = TokenKey::of(access_token);
+        let cached = match self.verified.get_key(&key, now) {
             Ok(c) => c,
             Err(()) => {
                 self.audit_rejected(meta, None, TokenError::Expired.reason())
@@ -648,7 +649,7 @@ impl AuthService {
             Some(c) => c,
             None => match self.tokens.verify(access_token, now) {
                 Ok(c) => {
-                    self.verified.insert(access_token, &c);
+                    self.verified.insert_key(key, &c);
                     c
                 }
                 Err(e) => {
@@ -732,10 +733,6 @@ impl AuthService {
 
     // ---------------------------------------------------------------- users & admin
 
-    pub async fn user(&self, id: UserId) -> Result<Option<User>, AuthError> {
-        Ok(self.repos.users.find_by_id(id).await?)
-    }
-
     /// The user behind verified claims (`GET /auth/me`); a deleted or disabled user → 401.
     pub async fn me(&self, claims: &AccessClaims) -> Result<User, AuthError> {
         let now = self.clock.now();
@@ -817,22 +814,6 @@ impl AuthService {
             revocations,
             refresh_tokens,
             cache_evicted,
-        })
-    }
-
-    /// Runs [`Self::purge_expired`] every `every` until the returned handle is aborted.
-    pub fn spawn_maintenance(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
-        let this = Arc::clone(self);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                match this.purge_expired().await {
-                    Ok(r) => tracing::debug!(?r, "auth maintenance"),
-                    Err(e) => tracing::warn!(error = %e, "auth maintenance failed"),
-                }
-            }
         })
     }
 }

@@ -154,7 +154,7 @@ impl KeyRing {
 }
 
 /// What a verified access token says.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AccessClaims {
     pub user_id: UserId,
     pub role: Role,

@@ -14,7 +14,7 @@
 //! the access token expires.
 
 use crate::error::ApiError;
-use crate::extract::{AuthUser, authenticate_token};
+use crate::extract::{AuthUser, authenticate_token, bearer};
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use actix_ws::{CloseCode, CloseReason, Message, MessageStream, Session};
@@ -81,13 +81,6 @@ fn message(kind: &str, at: DateTime<Utc>, data: &serde_json::Value) -> String {
         tracing::error!(error = %e, kind, "event cannot be serialized");
         String::from("{\"type\":\"error\",\"data\":{}}")
     })
-}
-
-fn bearer(req: &HttpRequest) -> Option<String> {
-    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then(|| token.to_owned())
 }
 
 fn is_upgrade(req: &HttpRequest) -> bool {
