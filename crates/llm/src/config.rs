@@ -1,7 +1,7 @@
 //! Provider endpoints and keys from the server's configuration, plus the runtime's bounds.
 //!
-//! Nested under `llm` in the server's configuration, so `GATHERING__LLM__OPENAI__API_KEY`
-//! sets `llm.openai.api_key`. [`LlmConfig::apply_env`] reads the same variables directly.
+//! The server builds it from its configuration (`GATHERING__LLM__OPENAI__API_KEY` sets
+//! `llm.openai.api_key`).
 
 use gathering_domain::agents::Provider;
 use serde::Deserialize;
@@ -140,36 +140,6 @@ impl LlmConfig {
         }
     }
 
-    /// Applies `GATHERING__LLM__<PROVIDER>__BASE_URL` / `..._API_KEY` from `vars`
-    /// (e.g. `std::env::vars()`); empty values are ignored.
-    pub fn apply_env(&mut self, vars: impl IntoIterator<Item = (String, String)>) {
-        for (k, v) in vars {
-            let Some(rest) = k.strip_prefix("GATHERING__LLM__") else {
-                continue;
-            };
-            let Some((prov, field)) = rest.split_once("__") else {
-                continue;
-            };
-            let Some(p) = Provider::parse(&prov.to_ascii_lowercase()) else {
-                continue;
-            };
-            let v = v.trim().to_owned();
-            if v.is_empty() {
-                continue;
-            }
-            match field {
-                "BASE_URL" => self.provider_mut(p).base_url = v,
-                "API_KEY" => self.provider_mut(p).api_key = Some(v),
-                _ => {}
-            }
-        }
-        for p in Provider::ALL {
-            if self.provider(p).base_url.is_empty() {
-                self.provider_mut(p).base_url = default_base_url(p).to_owned();
-            }
-        }
-    }
-
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout_secs.max(1))
     }
@@ -179,28 +149,6 @@ impl LlmConfig {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn env_overrides_defaults_per_provider() {
-        let mut c = LlmConfig::default();
-        c.apply_env([
-            (
-                "GATHERING__LLM__ANTHROPIC__API_KEY".to_owned(),
-                "sk-ant".to_owned(),
-            ),
-            (
-                "GATHERING__LLM__OLLAMA__BASE_URL".to_owned(),
-                "http://10.0.0.2:11434".to_owned(),
-            ),
-            ("GATHERING__LLM__OPENAI__API_KEY".to_owned(), " ".to_owned()),
-            ("OTHER".to_owned(), "x".to_owned()),
-        ]);
-        assert_eq!(c.anthropic.api_key.as_deref(), Some("sk-ant"));
-        assert_eq!(c.anthropic.base_url, "https://api.anthropic.com");
-        assert_eq!(c.ollama.base_url, "http://10.0.0.2:11434");
-        assert!(c.openai.api_key.is_none());
-        assert_eq!(c.deepseek.base_url, "https://api.deepseek.com");
-    }
 
     #[test]
     fn debug_never_shows_keys() {

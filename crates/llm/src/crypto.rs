@@ -5,7 +5,6 @@ use crate::error::LlmError;
 use chacha20poly1305::aead::{Aead, KeyInit};
 use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
 use rand::RngCore;
-use std::path::Path;
 use zeroize::Zeroize;
 
 const NONCE_LEN: usize = 24;
@@ -84,55 +83,6 @@ impl SecretKey {
     }
 }
 
-/// Reads the key from `path` (64 hex characters), or creates the file with a new random key
-/// (mode 0600, created exclusively so two starting instances cannot both write one).
-/// Blocking file I/O: call it at start-up, before serving.
-pub fn load_or_create_key(path: &Path) -> Result<SecretKey, LlmError> {
-    match std::fs::read_to_string(path) {
-        Ok(s) => return SecretKey::from_hex(&s),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(LlmError::Key(format!(
-                "cannot read {}: {e}",
-                path.display()
-            )));
-        }
-    }
-    if let Some(dir) = path.parent()
-        && !dir.as_os_str().is_empty()
-    {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| LlmError::Key(format!("cannot create {}: {e}", dir.display())))?;
-    }
-    let key = SecretKey::generate();
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    match opts.open(path) {
-        Ok(mut f) => {
-            use std::io::Write;
-            f.write_all(key.to_hex().as_bytes())
-                .and_then(|_| f.sync_all())
-                .map_err(|e| LlmError::Key(format!("cannot write {}: {e}", path.display())))?;
-            Ok(key)
-        }
-        // Another process created it first: use theirs.
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            let s = std::fs::read_to_string(path)
-                .map_err(|e| LlmError::Key(format!("cannot read {}: {e}", path.display())))?;
-            SecretKey::from_hex(&s)
-        }
-        Err(e) => Err(LlmError::Key(format!(
-            "cannot create {}: {e}",
-            path.display()
-        ))),
-    }
-}
-
 /// What users see of a stored key: `…` and its last four characters (none for short keys).
 pub fn key_hint(key: &str) -> String {
     let chars: Vec<char> = key.chars().collect();
@@ -168,23 +118,6 @@ mod tests {
         let b = k.encrypt("secret").unwrap();
         assert!(SecretKey::generate().decrypt(&b).is_err());
         assert!(k.decrypt(&[1, 2, 3]).is_err());
-    }
-
-    #[test]
-    fn key_file_is_created_once_and_reused() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sub").join("settings.key");
-        let k1 = load_or_create_key(&path).unwrap();
-        let k2 = load_or_create_key(&path).unwrap();
-        assert_eq!(k1.to_hex(), k2.to_hex());
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
-            assert_eq!(mode & 0o777, 0o600);
-        }
-        std::fs::write(&path, "zz").unwrap();
-        assert!(load_or_create_key(&path).is_err());
     }
 
     #[test]

@@ -22,11 +22,11 @@ pub mod wiring;
 pub use breaker::{BreakerSettings, CircuitBreaker};
 pub use circles::CircleService;
 pub use config::{LlmConfig, ProviderConfig};
-pub use crypto::{SecretKey, load_or_create_key};
+pub use crypto::SecretKey;
 pub use error::LlmError;
 pub use model::{
     ChatModel, ChatRequest, ChatResponse, DeltaStream, Message, StreamDelta, ToolCall, ToolSchema,
 };
 pub use service::{AgentService, ChatOutcome, HttpModelFactory, ModelFactory, ToolCatalog};
 pub use settings::{Credentials, ProviderView, SettingsService};
-pub use wiring::{LlmServices, settings_key};
+pub use wiring::LlmServices;

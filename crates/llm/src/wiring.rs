@@ -2,27 +2,14 @@
 
 use crate::circles::CircleService;
 use crate::config::LlmConfig;
-use crate::crypto::{SecretKey, load_or_create_key};
+use crate::crypto::SecretKey;
 use crate::error::LlmError;
 use crate::service::{AgentService, HttpModelFactory, ToolCatalog};
 use crate::settings::SettingsService;
 use gathering_domain::agents::{AgentRepository, CircleRepository, ProviderSettingsRepository};
 use gathering_domain::events::EventPublisher;
 use gathering_domain::tools::ToolInvoker;
-use std::path::Path;
 use std::sync::Arc;
-
-/// File name of the generated settings key inside the data directory.
-pub const SETTINGS_KEY_FILE: &str = "settings.key";
-
-/// The configured key (64 hex characters) if any, else the one kept in
-/// `<data_dir>/settings.key` (generated on first start). Blocking file I/O: start-up only.
-pub fn settings_key(configured_hex: Option<&str>, data_dir: &Path) -> Result<SecretKey, LlmError> {
-    match configured_hex.map(str::trim).filter(|k| !k.is_empty()) {
-        Some(hex) => SecretKey::from_hex(hex),
-        None => load_or_create_key(&data_dir.join(SETTINGS_KEY_FILE)),
-    }
-}
 
 pub struct LlmServices {
     pub settings: Arc<SettingsService>,
@@ -57,24 +44,5 @@ impl LlmServices {
             agents,
             circles,
         })
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn configured_key_wins_over_the_key_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let hex = "11".repeat(32);
-        let k = settings_key(Some(&hex), dir.path()).unwrap();
-        assert_eq!(k.to_hex(), hex);
-        assert!(!dir.path().join(SETTINGS_KEY_FILE).exists());
-        let a = settings_key(None, dir.path()).unwrap();
-        let b = settings_key(Some("  "), dir.path()).unwrap();
-        assert_eq!(a.to_hex(), b.to_hex());
-        assert!(settings_key(Some("abc"), dir.path()).is_err());
     }
 }

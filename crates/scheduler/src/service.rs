@@ -9,71 +9,40 @@ use gathering_domain::scheduler::{
     ActionType, Execution, MissedRuns, NewSchedule, OverlapPolicy, Schedule, ScheduleUpdate,
 };
 use gathering_domain::{FieldProblem, Page, PageRequest, RepoError};
-use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 use uuid::Uuid;
 
 pub const MAX_NAME_CHARS: usize = 200;
 
-/// `POST /schedules` body. Enumerations are strings so a bad value is a 422 with details.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// What `POST /schedules` asks for (the API deserializes its own body). Enumerations are
+/// strings so a bad value is a 422 with details.
+#[derive(Debug, Clone, Default)]
 pub struct CreateSchedule {
     pub name: String,
-    #[serde(default)]
     pub cron: Option<String>,
-    #[serde(default)]
     pub interval_secs: Option<i64>,
-    #[serde(default)]
     pub timezone: Option<String>,
     pub action_type: String,
-    #[serde(default = "empty_object")]
     pub action_config: Value,
-    #[serde(default)]
     pub enabled: Option<bool>,
-    #[serde(default)]
     pub missed_runs: Option<String>,
-    #[serde(default)]
     pub overlap: Option<String>,
-    #[serde(default)]
     pub max_executions: Option<i64>,
 }
 
-fn empty_object() -> Value {
-    Value::Object(serde_json::Map::new())
-}
-
-/// Distinguishes an absent field (keep) from an explicit `null` (clear).
-fn double_option<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    Option::<T>::deserialize(d).map(Some)
-}
-
-/// `PATCH /schedules/{id}` body: absent fields keep their value. Setting `cron` clears
-/// `interval_secs` and vice versa.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// What `PATCH /schedules/{id}` asks for: `None` keeps a value, `Some(None)` clears it.
+/// Setting `cron` clears `interval_secs` and vice versa.
+#[derive(Debug, Clone, Default)]
 pub struct PatchSchedule {
-    #[serde(default)]
     pub name: Option<String>,
-    #[serde(default, deserialize_with = "double_option")]
     pub cron: Option<Option<String>>,
-    #[serde(default, deserialize_with = "double_option")]
     pub interval_secs: Option<Option<i64>>,
-    #[serde(default, deserialize_with = "double_option")]
     pub timezone: Option<Option<String>>,
-    #[serde(default)]
     pub action_type: Option<String>,
-    #[serde(default)]
     pub action_config: Option<Value>,
-    #[serde(default)]
     pub enabled: Option<bool>,
-    #[serde(default)]
     pub missed_runs: Option<String>,
-    #[serde(default)]
     pub overlap: Option<String>,
-    #[serde(default, deserialize_with = "double_option")]
     pub max_executions: Option<Option<i64>>,
 }
 
