@@ -28,6 +28,8 @@ use uuid::Uuid;
 struct CountingTools {
     keys: Mutex<Vec<String>>,
     gate: Option<Arc<Semaphore>>,
+    /// Each call takes this long.
+    delay: Option<Duration>,
 }
 
 #[async_trait]
@@ -39,6 +41,9 @@ impl ToolInvoker for CountingTools {
             .push(ctx.idempotency_key.clone().unwrap_or_default());
         if let Some(g) = &self.gate {
             g.acquire().await.unwrap().forget();
+        }
+        if let Some(d) = self.delay {
+            tokio::time::sleep(d).await;
         }
         Ok(json!({"tool": name}))
     }
@@ -128,17 +133,21 @@ async fn executions(db: &TestDb, schedule: Uuid) -> Vec<(String, chrono::DateTim
 async fn two_instances_execute_every_occurrence_exactly_once() {
     let db = TestDb::new().await.unwrap();
     let owner = user(&db).await;
-    let tools = Arc::new(CountingTools::default());
+    // Actions take 100 ms and an instance runs at most 10 at once, so the 50 occurrences due
+    // each second cannot all be claimed by one instance: both must take part.
+    let tools = Arc::new(CountingTools {
+        delay: Some(Duration::from_millis(100)),
+        ..CountingTools::default()
+    });
     let cfg = || SchedulerConfig {
         instance_id: Uuid::now_v7(),
         batch_size: 5,
+        max_concurrency: 10,
         ..SchedulerConfig::default()
     };
     let a = scheduler(&db, tools.clone(), Arc::new(SystemClock), cfg());
     let b = scheduler(&db, tools.clone(), Arc::new(SystemClock), cfg());
     let service = ScheduleService::new(a.clone());
-    // 50 schedules due every second, claimed 5 at a time: each due second is ten claims, so
-    // both instances get a share unless one of them is starved for the whole run.
     let mut ids = Vec::new();
     for _ in 0..50 {
         ids.push(service.create(owner, call_api(1)).await.unwrap().id);
