@@ -251,12 +251,16 @@ async fn schedules_are_private_to_their_owner() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_server_instances_execute_each_occurrence_once() {
     let db = TestDatabase::new().await;
-    // Claims of two occurrences at a time, ten due each second: both instances get a share.
-    const SMALL_BATCHES: (&str, &str) = ("GATHERING__SCHEDULER__BATCH_SIZE", "2");
-    let a = spawn_app_on(&db, &[ALLOW_LOOPBACK, SMALL_BATCHES]).await;
-    let b = spawn_app_on(&db, &[ALLOW_LOOPBACK, SMALL_BATCHES]).await;
+    // Ten occurrences due each second, calls that take 100 ms, and at most two calls at once
+    // per instance: one instance cannot take them all, so both get a share.
+    const TWO_AT_ONCE: (&str, &str) = ("GATHERING__SCHEDULER__MAX_CONCURRENT", "2");
+    let a = spawn_app_on(&db, &[ALLOW_LOOPBACK, TWO_AT_ONCE]).await;
+    let b = spawn_app_on(&db, &[ALLOW_LOOPBACK, TWO_AT_ONCE]).await;
     let token = a.user_token().await;
-    let server = counter().await;
+    let server = Loopback::start(|_, _| {
+        Answer::json(200, json!({"ok": true})).after(Duration::from_millis(100))
+    })
+    .await;
     let mut ids = Vec::new();
     for _ in 0..10 {
         let s: Value = a
