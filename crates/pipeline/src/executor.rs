@@ -193,18 +193,9 @@ impl Executor {
         self.inner.instance_id
     }
 
-    pub fn breakers(&self) -> &Arc<Breakers> {
-        &self.inner.breakers
-    }
-
     /// True once a graceful stop began.
     pub fn is_draining(&self) -> bool {
         self.inner.drain.is_cancelled()
-    }
-
-    /// Runs currently driven by this instance.
-    pub fn active_runs(&self) -> usize {
-        self.inner.active.lock().len()
     }
 
     /// Cancels a run this instance is driving (no-op otherwise). Called for NOTIFYs on

@@ -3,7 +3,7 @@
 
 use crate::error::PipelineError;
 use crate::executor::{RUN_CANCEL_CHANNEL, RUN_QUEUED_CHANNEL};
-use crate::validate::validate;
+use crate::validate::validate_with_tools;
 use gathering_domain::events::{Event, EventPublisher};
 use gathering_domain::notify::Notifier;
 use gathering_domain::pipeline::{
@@ -49,30 +49,6 @@ pub struct PipelineService {
     known_tools: Option<Arc<HashSet<String>>>,
 }
 
-/// Action nodes naming a tool that does not exist: reported at definition time, with the node's
-/// pointer, instead of failing every run with `unknown_tool`.
-fn check_tools(
-    known: Option<&HashSet<String>>,
-    def: &PipelineDefinition,
-    problems: &mut Vec<FieldProblem>,
-) {
-    let Some(known) = known else { return };
-    for (i, node) in def.nodes.iter().enumerate() {
-        if node.node_type != "action" {
-            continue;
-        }
-        if let Some(Value::String(tool)) = node.config.get("tool")
-            && !tool.trim().is_empty()
-            && !known.contains(tool)
-        {
-            problems.push(FieldProblem::new(
-                format!("/nodes/{i}/config/tool"),
-                "unknown tool (GET /tools lists them)",
-            ));
-        }
-    }
-}
-
 fn check_name(name: &str, problems: &mut Vec<FieldProblem>) {
     let n = name.trim().chars().count();
     if n == 0 || n > MAX_NAME_CHARS {
@@ -98,8 +74,9 @@ fn check_description(d: &Option<String>, problems: &mut Vec<FieldProblem>) {
 fn validate_all(
     problems: Vec<FieldProblem>,
     def: &PipelineDefinition,
+    known_tools: Option<&HashSet<String>>,
 ) -> Result<(), PipelineError> {
-    match (validate(def), problems.is_empty()) {
+    match (validate_with_tools(def, known_tools), problems.is_empty()) {
         (Ok(()), true) => Ok(()),
         (Ok(()), false) => Err(PipelineError::Invalid(problems)),
         (Err(PipelineError::Invalid(mut p)), _) => {
@@ -157,8 +134,7 @@ impl PipelineService {
         let mut problems = Vec::new();
         check_name(&new.name, &mut problems);
         check_description(&new.description, &mut problems);
-        check_tools(self.known_tools.as_deref(), &new.definition, &mut problems);
-        validate_all(problems, &new.definition)?;
+        validate_all(problems, &new.definition, self.known_tools.as_deref())?;
         Ok(self
             .pipelines
             .create(
@@ -214,8 +190,7 @@ impl PipelineService {
                 if let Some(t) = patch.timeout_ms {
                     def.timeout_ms = t;
                 }
-                check_tools(self.known_tools.as_deref(), &def, &mut problems);
-                validate_all(problems, &def)?;
+                validate_all(problems, &def, self.known_tools.as_deref())?;
                 Some(def)
             } else {
                 if !problems.is_empty() {

@@ -22,8 +22,16 @@ pub const MAX_BACKOFF_MS: u64 = 60 * 60 * 1000;
 
 /// Validates the whole definition.
 pub fn validate(def: &PipelineDefinition) -> Result<(), PipelineError> {
+    validate_with_tools(def, None)
+}
+
+/// [`validate`], and action nodes must name one of `known_tools` when given.
+pub fn validate_with_tools(
+    def: &PipelineDefinition,
+    known_tools: Option<&HashSet<String>>,
+) -> Result<(), PipelineError> {
     let mut problems = Vec::new();
-    let cycle = check(def, &mut problems);
+    let cycle = check(def, known_tools, &mut problems);
     match cycle {
         Some(nodes) => Err(PipelineError::Cycle { nodes, problems }),
         None if problems.is_empty() => Ok(()),
@@ -40,7 +48,11 @@ fn valid_id(id: &str) -> bool {
 }
 
 /// Collects problems; answers the ids on a cycle if there is one.
-fn check(def: &PipelineDefinition, problems: &mut Vec<FieldProblem>) -> Option<Vec<String>> {
+fn check(
+    def: &PipelineDefinition,
+    known_tools: Option<&HashSet<String>>,
+    problems: &mut Vec<FieldProblem>,
+) -> Option<Vec<String>> {
     if def.nodes.is_empty() {
         problems.push(FieldProblem::new(
             "/nodes",
@@ -96,7 +108,7 @@ fn check(def: &PipelineDefinition, problems: &mut Vec<FieldProblem>) -> Option<V
                     node.node_type
                 ),
             )),
-            Some(kind) => check_config(kind, &node.config, i, problems),
+            Some(kind) => check_config(kind, &node.config, i, known_tools, problems),
         }
         if let Some(t) = node.timeout_ms
             && (t == 0 || t > MAX_DURATION_MS)
@@ -265,7 +277,13 @@ fn ancestors(node: usize, preds: &[Vec<usize>]) -> HashSet<usize> {
     seen
 }
 
-fn check_config(kind: NodeType, config: &Value, i: usize, problems: &mut Vec<FieldProblem>) {
+fn check_config(
+    kind: NodeType,
+    config: &Value,
+    i: usize,
+    known_tools: Option<&HashSet<String>>,
+    problems: &mut Vec<FieldProblem>,
+) {
     let base = format!("/nodes/{i}/config");
     let obj = match config {
         Value::Object(m) => m,
@@ -294,7 +312,14 @@ fn check_config(kind: NodeType, config: &Value, i: usize, problems: &mut Vec<Fie
         NodeType::Trigger | NodeType::Parallel => {}
         NodeType::Action => {
             match obj.get("tool") {
-                Some(Value::String(t)) if !t.trim().is_empty() && t.len() <= 100 => {}
+                Some(Value::String(t)) if !t.trim().is_empty() && t.len() <= 100 => {
+                    if known_tools.is_some_and(|k| !k.contains(t)) {
+                        problems.push(FieldProblem::new(
+                            format!("{base}/tool"),
+                            "unknown tool (GET /tools lists them)",
+                        ));
+                    }
+                }
                 _ => problems.push(FieldProblem::new(
                     format!("{base}/tool"),
                     "must be the name of a tool",

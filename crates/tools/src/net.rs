@@ -219,10 +219,6 @@ impl HttpClient {
         })
     }
 
-    pub fn max_response_bytes(&self) -> u64 {
-        self.max_response_bytes
-    }
-
     /// Checks the scheme and, for IP literals, the address; picks the client for the URL.
     fn client_for(&self, url: &Url) -> Result<&reqwest::Client, HttpError> {
         if !matches!(url.scheme(), "http" | "https") {

@@ -156,15 +156,6 @@ impl ToolRegistry {
         self.tools.values().map(|e| &e.spec).collect()
     }
 
-    /// Checks `params` against the tool's schema: every problem, each with its JSON pointer.
-    pub fn validate(&self, name: &str, params: &Value) -> Result<(), ToolError> {
-        let entry = self
-            .tools
-            .get(name)
-            .ok_or_else(|| ToolError::UnknownTool(name.to_owned()))?;
-        check(&entry.validator, params)
-    }
-
     /// Validates and runs the tool under its timeout.
     #[tracing::instrument(skip_all, fields(tool = %name))]
     pub async fn invoke(
