@@ -541,7 +541,11 @@ mod tests {
     #[tokio::test]
     async fn refusals_say_nothing_about_what_a_name_resolves_to() {
         let client = HttpClient::new(&[], 1024, 0).unwrap();
-        for url in ["http://localhost:9/x", "http://127.0.0.1:9/", "http://[::ffff:10.0.0.1]/"] {
+        for url in [
+            "http://localhost:9/x",
+            "http://127.0.0.1:9/",
+            "http://[::ffff:10.0.0.1]/",
+        ] {
             let err = client
                 .send(HttpRequest {
                     method: Method::GET,

@@ -1019,7 +1019,10 @@ mod tests {
         assert!(tree.entries.iter().any(|e| e.path == "src/nested/pipe2"));
         // Writing over a FIFO replaces it (rename), it never opens it.
         let root = f.root.clone();
-        within(10, move || write_text_blocking(&root, "pipe", "x", 100, false)).unwrap();
+        within(10, move || {
+            write_text_blocking(&root, "pipe", "x", 100, false)
+        })
+        .unwrap();
         assert_eq!(fs::read_to_string(f.root.join("pipe")).unwrap(), "x");
     }
 
