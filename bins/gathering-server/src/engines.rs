@@ -95,6 +95,7 @@ pub fn tools_config(settings: &Settings) -> anyhow::Result<ToolsConfig> {
         max_output_bytes: settings.tools.max_output_bytes.max(1),
         max_output_depth: settings.tools.max_output_depth.max(1),
         json_query_max_depth: settings.tools.json_query_max_depth.max(1),
+        json_query_max_work_bytes: settings.tools.json_query_max_work_bytes.max(1024),
         ..Default::default()
     })
 }

@@ -33,6 +33,9 @@ pub struct ToolsConfig {
     /// prefixes, `.`/`|`/`||`/`&&`/comparison chains), checked before it is compiled
     /// (`GATHERING__TOOLS__JSON_QUERY_MAX_DEPTH`).
     pub json_query_max_depth: usize,
+    /// Most memory a `json_query` evaluation may materialize (array slots, object entries,
+    /// new values, string bytes), in bytes (`GATHERING__TOOLS__JSON_QUERY_MAX_WORK_BYTES`).
+    pub json_query_max_work_bytes: usize,
 }
 
 impl Default for ToolsConfig {
@@ -48,6 +51,7 @@ impl Default for ToolsConfig {
             max_output_bytes: 1024 * 1024,
             max_output_depth: 64,
             json_query_max_depth: 64,
+            json_query_max_work_bytes: 64 * 1024 * 1024,
         }
     }
 }

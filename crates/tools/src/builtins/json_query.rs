@@ -10,11 +10,12 @@
 //! enormous once expanded. The result is walked with a byte/depth budget ([`check_result`])
 //! that stops as soon as the bound is passed, before it is converted to JSON.
 
+use crate::builtins::jmes_eval::{EvalError, Evaluator};
 use crate::limits::{Budget, Exceeded, OutputLimits, display_len, json_string_len};
 use crate::registry::{ToolSpec, parse_params};
 use gathering_domain::FieldProblem;
 use gathering_domain::tools::{ToolContext, ToolError};
-use jmespath::{Rcvar, Variable};
+use jmespath::{Rcvar, ToJmespath, Variable};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -23,6 +24,8 @@ pub const NAME: &str = "json_query";
 pub const MAX_QUERY_LEN: usize = 10_000;
 /// Default bound of [`nesting_depth`] (`GATHERING__TOOLS__JSON_QUERY_MAX_DEPTH`).
 pub const DEFAULT_MAX_DEPTH: usize = 64;
+/// Default work budget of one evaluation (`GATHERING__TOOLS__JSON_QUERY_MAX_WORK_BYTES`).
+pub const DEFAULT_MAX_WORK_BYTES: usize = 64 * 1024 * 1024;
 /// Stack of the evaluation thread: ample for the default depth (a level costs well under
 /// 4 KiB of parser + interpreter frames), growing with a configured larger depth.
 const MIN_STACK_BYTES: usize = 16 * 1024 * 1024;
@@ -55,6 +58,8 @@ struct Params {
 #[derive(Debug, Clone, Copy)]
 pub struct JsonQuery {
     pub max_depth: usize,
+    /// Most memory one evaluation may materialize ([`Evaluator`]).
+    pub max_work: usize,
     pub output: OutputLimits,
 }
 
@@ -62,6 +67,7 @@ impl Default for JsonQuery {
     fn default() -> Self {
         Self {
             max_depth: DEFAULT_MAX_DEPTH,
+            max_work: DEFAULT_MAX_WORK_BYTES,
             output: OutputLimits::default(),
         }
     }
@@ -212,10 +218,20 @@ impl JsonQuery {
         }
         let expr = jmespath::compile(query)
             .map_err(|e| invalid_query(format!("not a valid JMESPath expression: {e}")))?;
-        let result = expr
-            .search(&data)
-            .map_err(|e| ToolError::failed(format!("query failed: {e}")))?;
+        let root = (&data)
+            .to_jmespath()
+            .map_err(|e| ToolError::failed(format!("query data: {e}")))?;
         drop(data);
+        let result = Evaluator::new(query, self.max_work)
+            .eval(&root, expr.as_ast())
+            .map_err(|e| match e {
+                EvalError::Budget(max) => ToolError::OutputTooLarge(format!(
+                    "{NAME}: the query would build more than {max} bytes of intermediate results"
+                )),
+                EvalError::Jmespath(e) => ToolError::failed(format!("query failed: {e}")),
+                EvalError::Runtime(m) => ToolError::failed(format!("query failed: {m}")),
+            })?;
+        drop(root);
         check_result(&result, self.output)
             .map_err(|e| ToolError::OutputTooLarge(format!("{NAME}: query result: {e}")))?;
         serde_json::to_value(&*result).map_err(|e| ToolError::failed(format!("query result: {e}")))
@@ -379,7 +395,7 @@ mod tests {
     fn a_larger_configured_depth_runs_on_the_query_thread_not_the_callers_stack() {
         let tool = JsonQuery {
             max_depth: 3000,
-            output: OutputLimits::default(),
+            ..JsonQuery::default()
         };
         let q = format!("{}@", "!".repeat(2999));
         let out = on_small_stack(move || tool.run(json!({"data": 1, "query": q})).unwrap());

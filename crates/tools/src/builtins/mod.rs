@@ -3,6 +3,7 @@
 pub mod calculator;
 pub mod files;
 pub mod http;
+pub mod jmes_eval;
 pub mod json_query;
 pub mod notify;
 pub mod template;
@@ -59,6 +60,7 @@ impl ToolRegistry {
         )?;
         let query = json_query::JsonQuery {
             max_depth: config.json_query_max_depth,
+            max_work: config.json_query_max_work_bytes,
             output,
         };
         r.register_blocking(json_query::spec(), move |_: &_, params| query.run(params))?;
