@@ -38,7 +38,7 @@ async fn deeply_nested_json_query_is_refused_with_422_and_the_server_stays_up() 
         format!("{}@", "!".repeat(9990)),
         format!("{}@{}", "(".repeat(4990), ")".repeat(4990)),
         format!("{}@{}", "[".repeat(4990), "]".repeat(4990)),
-        vec!["a"; 4900].join("."),
+        ["a"; 4900].join("."),
     ] {
         let r = invoke(
             &app,
@@ -76,7 +76,7 @@ async fn amplifying_json_query_is_refused_with_a_small_output_too_large_answer()
     let app = spawn_app().await;
     let token = app.user_token().await;
     // 18 doublings of a 1,000-character string: a 264 MB body before the bound.
-    let query = vec!["[@,@]"; 18].join("|");
+    let query = ["[@,@]"; 18].join("|");
     let r = invoke(
         &app,
         &token,
@@ -91,7 +91,7 @@ async fn amplifying_json_query_is_refused_with_a_small_output_too_large_answer()
     assert_eq!(body["error"]["code"], "output_too_large", "{body}");
 
     // Flattening the shared tree (10^9 slots after nine stages) is refused before it is built.
-    let query = vec!["[@,@,@,@,@,@,@,@,@,@][]"; 9].join("|");
+    let query = ["[@,@,@,@,@,@,@,@,@,@][]"; 9].join("|");
     let r = invoke(
         &app,
         &token,

@@ -522,10 +522,10 @@ mod tests {
     fn flatten_of_a_shared_tree_is_charged_before_it_is_built() {
         // Nine stages would be 10^9 array slots with the crate's interpreter.
         let stage = "[@,@,@,@,@,@,@,@,@,@][]";
-        let q = vec![stage; 9].join("|");
+        let q = [stage; 9].join("|");
         assert!(is_budget(ours(&json!([1]), &q, 4 << 20)));
         // Small fan-out is fine.
-        let q = vec![stage; 2].join("|");
+        let q = [stage; 2].join("|");
         assert_eq!(
             ours(&json!([1]), &q, 4 << 20)
                 .unwrap()
@@ -538,7 +538,7 @@ mod tests {
 
     #[test]
     fn functions_that_expand_their_arguments_are_bounded() {
-        let doubling = vec!["[@,@]"; 25].join("|");
+        let doubling = ["[@,@]"; 25].join("|");
         for f in ["to_string(@)", "sort(@[])", "reverse(@)", "to_array(@)"] {
             let q = format!("{doubling} | {f}");
             assert!(is_budget(ours(&json!("x"), &q, 4 << 20)), "{f}");
@@ -546,7 +546,7 @@ mod tests {
         let data = json!({"g": "g".repeat(10_000), "l": vec!["a"; 10_000]});
         assert!(is_budget(ours(&data, "join(g, l)", 4 << 20)));
         assert!(ours(&data, "length(join('', l))", 4 << 20).is_ok());
-        let amplify = vec!["[@,@,@,@,@,@,@,@,@,@][]"; 6].join("|");
+        let amplify = ["[@,@,@,@,@,@,@,@,@,@][]"; 6].join("|");
         let q = format!("map(&({amplify}), [@,@,@,@,@,@,@,@,@,@])");
         assert!(is_budget(ours(&json!([1]), &q, 4 << 20)));
         let q = format!("sort_by([@,@,@,@,@,@,@,@,@,@], &length({amplify}))");

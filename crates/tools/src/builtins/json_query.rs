@@ -350,9 +350,9 @@ mod tests {
             format!("{}@", "!".repeat(9990)),
             format!("{}@{}", "(".repeat(4990), ")".repeat(4990)),
             format!("{}@{}", "[".repeat(4990), "]".repeat(4990)),
-            vec!["a"; 4900].join("."),
-            vec!["a"; 4900].join("|"),
-            vec!["a"; 3000].join("||"),
+            ["a"; 4900].join("."),
+            ["a"; 4900].join("|"),
+            ["a"; 3000].join("||"),
             format!("{}a", "&".repeat(5000)),
             "{a:".repeat(2000),
             "[*]".repeat(3000),
@@ -380,12 +380,12 @@ mod tests {
             run(&ctx(), json!({"data": 7, "query": q})).unwrap(),
             json!(7)
         );
-        let q = vec!["a"; 65].join(".");
+        let q = ["a"; 65].join(".");
         assert_eq!(
             run(&ctx(), json!({"data": {}, "query": q})).unwrap(),
             Value::Null
         );
-        let q = vec!["a"; 66].join(".");
+        let q = ["a"; 66].join(".");
         assert!(field_is_query(
             &run(&ctx(), json!({"data": {}, "query": q})).unwrap_err()
         ));
@@ -404,12 +404,12 @@ mod tests {
 
     #[test]
     fn doubling_amplification_is_refused_before_the_result_is_expanded() {
-        let q = vec!["[@,@]"; 18].join("|");
+        let q = ["[@,@]"; 18].join("|");
         let data = "x".repeat(1000);
         let err = run(&ctx(), json!({"data": data, "query": q})).unwrap_err();
         assert!(matches!(&err, ToolError::OutputTooLarge(m) if m.contains("larger than")));
         // 30 stages would be 2^30 copies: still refused at once (the walk stops at the bound).
-        let q = vec!["[@,@]"; 30].join("|");
+        let q = ["[@,@]"; 30].join("|");
         let err = run(&ctx(), json!({"data": "x", "query": q})).unwrap_err();
         assert!(matches!(err, ToolError::OutputTooLarge(_)));
     }
