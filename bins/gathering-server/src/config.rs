@@ -85,6 +85,13 @@ pub struct ToolsSettings {
     pub blocking_concurrency: usize,
     /// Comma-separated `channel=url` pairs for `send_notification` webhooks.
     pub webhooks: String,
+    /// Largest tool output (JSON bytes) and its deepest nesting.
+    pub max_output_bytes: usize,
+    pub max_output_depth: usize,
+    /// Deepest nesting of a `json_query` expression, checked before compiling it.
+    pub json_query_max_depth: usize,
+    /// Most memory a `json_query` evaluation may materialize, in bytes.
+    pub json_query_max_work_bytes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -162,6 +169,10 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("tools.max_response_bytes", "1048576"),
     ("tools.blocking_concurrency", "8"),
     ("tools.webhooks", ""),
+    ("tools.max_output_bytes", "1048576"),
+    ("tools.max_output_depth", "64"),
+    ("tools.json_query_max_depth", "64"),
+    ("tools.json_query_max_work_bytes", "67108864"),
     ("pipeline.breaker_failures", "5"),
     ("pipeline.breaker_cooldown_secs", "30"),
     ("pipeline.max_concurrent_nodes", "64"),

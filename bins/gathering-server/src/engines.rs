@@ -92,6 +92,10 @@ pub fn tools_config(settings: &Settings) -> anyhow::Result<ToolsConfig> {
         max_response_bytes: settings.tools.max_response_bytes as u64,
         blocking_concurrency: settings.tools.blocking_concurrency.max(1),
         webhooks,
+        max_output_bytes: settings.tools.max_output_bytes.max(1),
+        max_output_depth: settings.tools.max_output_depth.max(1),
+        json_query_max_depth: settings.tools.json_query_max_depth.max(1),
+        json_query_max_work_bytes: settings.tools.json_query_max_work_bytes.max(1024),
         ..Default::default()
     })
 }

@@ -37,6 +37,12 @@ pub struct NewNotification {
 pub trait NotificationRepository: Send + Sync {
     /// Stores the notification (or returns the one already stored under its idempotency key).
     async fn create(&self, new: NewNotification) -> Result<Notification, RepoError>;
+    /// [`create`](Self::create), also telling whether this call stored it (`true`) or found it
+    /// already stored under its idempotency key (`false`: a replay). The default cannot tell
+    /// and says `true`.
+    async fn create_once(&self, new: NewNotification) -> Result<(Notification, bool), RepoError> {
+        self.create(new).await.map(|n| (n, true))
+    }
     /// The user's notifications, newest first.
     async fn list_for_user(
         &self,
@@ -74,13 +80,17 @@ impl InMemoryNotifications {
 #[async_trait]
 impl NotificationRepository for InMemoryNotifications {
     async fn create(&self, new: NewNotification) -> Result<Notification, RepoError> {
+        self.create_once(new).await.map(|(n, _)| n)
+    }
+
+    async fn create_once(&self, new: NewNotification) -> Result<(Notification, bool), RepoError> {
         let mut items = self.lock();
         if let Some(key) = &new.idempotency_key
             && let Some((_, n)) = items
                 .iter()
                 .find(|(k, n)| k.as_ref() == Some(key) && n.user_id == new.user_id)
         {
-            return Ok(n.clone());
+            return Ok((n.clone(), false));
         }
         let n = Notification {
             id: Uuid::now_v7(),
@@ -95,7 +105,7 @@ impl NotificationRepository for InMemoryNotifications {
             items.remove(0);
         }
         items.push((new.idempotency_key, n.clone()));
-        Ok(n)
+        Ok((n, true))
     }
 
     async fn list_for_user(

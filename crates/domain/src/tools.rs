@@ -28,6 +28,10 @@ pub enum ToolError {
     PathForbidden(String),
     #[error("tool timed out after {0} ms")]
     Timeout(u64),
+    /// The tool's output (or a query result on its way to becoming one) is larger or deeper
+    /// than the configured bound; nothing of it is returned.
+    #[error("{0}")]
+    OutputTooLarge(String),
     /// The tool ran and failed. `retryable`: connection errors, timeouts, 429, 5xx.
     #[error("{message}")]
     Failed {
@@ -65,7 +69,9 @@ impl ErrorCode for ToolError {
             ToolError::Forbidden(_) | ToolError::PathForbidden(_) => ErrorKind::Forbidden,
             // A tool that ran and failed is the caller's input problem, reported as 422 with
             // the tool's message (it never carries server internals).
-            ToolError::Timeout(_) | ToolError::Failed { .. } => ErrorKind::Validation,
+            ToolError::Timeout(_) | ToolError::Failed { .. } | ToolError::OutputTooLarge(_) => {
+                ErrorKind::Validation
+            }
         }
     }
     fn code(&self) -> &'static str {
@@ -76,6 +82,7 @@ impl ErrorCode for ToolError {
             ToolError::PathForbidden(_) => "path_forbidden",
             ToolError::Timeout(_) => "tool_timeout",
             ToolError::Failed { .. } => "tool_failed",
+            ToolError::OutputTooLarge(_) => "output_too_large",
         }
     }
     fn details(&self) -> Vec<FieldProblem> {

@@ -38,6 +38,10 @@ impl PgNotificationRepository {
 #[async_trait]
 impl NotificationRepository for PgNotificationRepository {
     async fn create(&self, new: NewNotification) -> Result<Notification, RepoError> {
+        self.create_once(new).await.map(|(n, _)| n)
+    }
+
+    async fn create_once(&self, new: NewNotification) -> Result<(Notification, bool), RepoError> {
         let c = conn(&self.pool).await?;
         let insert = c
             .prepare_cached(&format!(
@@ -65,7 +69,7 @@ impl NotificationRepository for PgNotificationRepository {
             .await
             .map_err(fk_conflict("user"))?;
         if let Some(row) = row {
-            return from_row(&row);
+            return from_row(&row).map(|n| (n, true));
         }
         // Already stored under this idempotency key: return the first one.
         let existing = c
@@ -79,7 +83,7 @@ impl NotificationRepository for PgNotificationRepository {
             .query_one(&existing, &[&new.user_id, &new.idempotency_key])
             .await
             .map_err(db_err)?;
-        from_row(&row)
+        from_row(&row).map(|n| (n, false))
     }
 
     async fn list_for_user(

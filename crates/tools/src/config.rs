@@ -23,6 +23,19 @@ pub struct ToolsConfig {
     pub max_file_bytes: u64,
     /// Redirects `http_request` follows (each hop is checked again).
     pub max_redirects: usize,
+    /// Largest output of any tool, in bytes of its JSON serialization
+    /// (`GATHERING__TOOLS__MAX_OUTPUT_BYTES`).
+    pub max_output_bytes: usize,
+    /// Deepest nesting of arrays/objects in any tool's output
+    /// (`GATHERING__TOOLS__MAX_OUTPUT_DEPTH`).
+    pub max_output_depth: usize,
+    /// Deepest nesting a `json_query` expression may have (brackets, parentheses, `!`/`&`
+    /// prefixes, `.`/`|`/`||`/`&&`/comparison chains), checked before it is compiled
+    /// (`GATHERING__TOOLS__JSON_QUERY_MAX_DEPTH`).
+    pub json_query_max_depth: usize,
+    /// Most memory a `json_query` evaluation may materialize (array slots, object entries,
+    /// new values, string bytes), in bytes (`GATHERING__TOOLS__JSON_QUERY_MAX_WORK_BYTES`).
+    pub json_query_max_work_bytes: usize,
 }
 
 impl Default for ToolsConfig {
@@ -35,6 +48,10 @@ impl Default for ToolsConfig {
             default_timeout: Duration::from_secs(30),
             max_file_bytes: 1024 * 1024,
             max_redirects: 5,
+            max_output_bytes: 1024 * 1024,
+            max_output_depth: 64,
+            json_query_max_depth: 64,
+            json_query_max_work_bytes: 64 * 1024 * 1024,
         }
     }
 }

@@ -7,10 +7,12 @@
 pub mod builtins;
 pub mod config;
 pub mod error;
+pub mod limits;
 pub mod net;
 pub mod registry;
 pub mod workspace;
 
 pub use config::ToolsConfig;
 pub use error::ToolsError;
+pub use limits::OutputLimits;
 pub use registry::{AsyncTool, BlockingTool, ToolRegistry, ToolSpec};

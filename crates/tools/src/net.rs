@@ -2,22 +2,38 @@
 //!
 //! Every host name is resolved by our own resolver ([`GuardedResolver`], `tokio::net::lookup_host`)
 //! which refuses the whole name when any of its addresses is loopback, private, link-local
-//! (cloud metadata included), CGNAT, unspecified, multicast or reserved — the connection is
-//! then made to exactly the addresses that were checked, so DNS rebinding cannot swap them.
-//! IP literals are checked before sending. Hosts on the allow-list skip the check. Redirects
-//! are followed by hand (bounded), each hop checked again; only `http` and `https`.
+//! (cloud metadata included), CGNAT, unspecified, multicast, documentation, reserved, or one of
+//! this host's own interface addresses — the connection is then made to exactly the addresses
+//! that were checked, so DNS rebinding cannot swap them. IPv6 forms that embed an IPv4 address
+//! (mapped, translated, compatible, NAT64, 6to4) are judged by that IPv4 address. IP literals
+//! are checked before sending. Hosts on the allow-list skip the check. Redirects are followed
+//! by hand (bounded), each hop checked again; only `http` and `https`.
+//!
+//! A refusal tells the caller only [`REFUSED_MESSAGE`]; what the name resolved to is logged
+//! server-side, never returned (it would map the internal network).
 
 use bytes::{Bytes, BytesMut};
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::header::{self, HeaderMap};
 use reqwest::{Method, StatusCode};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 use url::{Host, Url};
 
-/// True for addresses a server-side request must not reach unless explicitly allowed.
+/// What a refused target is told, whatever the reason.
+pub const REFUSED_MESSAGE: &str = "the target address is not allowed";
+
+/// True for addresses a server-side request must not reach unless explicitly allowed: the
+/// special-purpose ranges ([`ip_in_forbidden_range`]) and this host's own interface
+/// addresses ([`is_own_address`]).
 pub fn ip_is_forbidden(ip: IpAddr) -> bool {
+    ip_in_forbidden_range(ip) || is_own_address(ip)
+}
+
+/// True for loopback, private, link-local, CGNAT, documentation, benchmarking, multicast,
+/// reserved and other special-purpose addresses (IPv6 forms embedding IPv4 judged by it).
+pub fn ip_in_forbidden_range(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4_is_forbidden(v4),
         IpAddr::V6(v6) => v6_is_forbidden(v6),
@@ -33,35 +49,100 @@ fn v4_is_forbidden(ip: Ipv4Addr) -> bool {
         || ip.is_link_local() // 169.254/16, cloud metadata 169.254.169.254
         || (a == 100 && (64..128).contains(&b)) // CGNAT 100.64/10
         || (a == 192 && b == 0 && c == 0) // IETF protocol assignments 192.0.0/24
+        || (a == 192 && b == 0 && c == 2) // documentation TEST-NET-1 192.0.2/24
+        || (a == 198 && b == 51 && c == 100) // documentation TEST-NET-2 198.51.100/24
+        || (a == 203 && b == 0 && c == 113) // documentation TEST-NET-3 203.0.113/24
+        || (a == 192 && b == 88 && c == 99) // deprecated 6to4 relay anycast 192.88.99/24
         || (a == 198 && (b == 18 || b == 19)) // benchmarking 198.18/15
         || ip.is_multicast() // 224/4
         || a >= 240 // reserved 240/4 and broadcast
 }
 
+fn embedded_v4(hi: u16, lo: u16) -> Ipv4Addr {
+    let [a, b] = hi.to_be_bytes();
+    let [c, d] = lo.to_be_bytes();
+    Ipv4Addr::new(a, b, c, d)
+}
+
 fn v6_is_forbidden(ip: Ipv6Addr) -> bool {
+    let s = ip.segments();
+    // IPv4-mapped ::ffff:0:0/96: judged by the embedded IPv4 address.
     if let Some(v4) = ip.to_ipv4_mapped() {
         return v4_is_forbidden(v4);
     }
-    let s = ip.segments();
+    // IPv4-translated ::ffff:0:a.b.c.d (SIIT, ::ffff:0:0:0/96).
+    if s[..4].iter().all(|&x| x == 0) && s[4] == 0xffff && s[5] == 0 {
+        return v4_is_forbidden(embedded_v4(s[6], s[7]));
+    }
     // Deprecated IPv4-compatible ::a.b.c.d (:: and ::1 included).
     if s[..6].iter().all(|&x| x == 0) {
-        let v4 = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
-        return ip.is_unspecified() || ip.is_loopback() || v4_is_forbidden(v4);
+        return ip.is_unspecified() || ip.is_loopback() || v4_is_forbidden(embedded_v4(s[6], s[7]));
     }
     // NAT64 64:ff9b::/96 embeds an IPv4 address.
     if s[0] == 0x64 && s[1] == 0xff9b && s[2..6].iter().all(|&x| x == 0) {
-        let v4 = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
-        return v4_is_forbidden(v4);
+        return v4_is_forbidden(embedded_v4(s[6], s[7]));
     }
     // 6to4 2002::/16 embeds an IPv4 address.
     if s[0] == 0x2002 {
-        let v4 = Ipv4Addr::new((s[1] >> 8) as u8, s[1] as u8, (s[2] >> 8) as u8, s[2] as u8);
-        return v4_is_forbidden(v4);
+        return v4_is_forbidden(embedded_v4(s[1], s[2]));
     }
-    (s[0] & 0xfe00) == 0xfc00 // unique local fc00::/7
+    (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1) // local-use NAT64 64:ff9b:1::/48
+        || (s[0] == 0x0100 && s[1..4].iter().all(|&x| x == 0)) // discard-only 100::/64
+        || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation 2001:db8::/32
+        || (s[0] == 0x2001 && s[1] == 0) // Teredo 2001::/32 (embeds an obfuscated IPv4)
+        || (s[0] == 0x3fff && s[1] < 0x1000) // documentation 3fff::/20
+        || (s[0] & 0xfe00) == 0xfc00 // unique local fc00::/7
         || (s[0] & 0xffc0) == 0xfe80 // link-local fe80::/10
         || (s[0] & 0xffc0) == 0xfec0 // site-local fec0::/10 (deprecated)
         || (s[0] & 0xff00) == 0xff00 // multicast ff00::/8
+}
+
+/// How long the list of this host's interface addresses is reused before it is read again.
+const OWN_ADDRESSES_TTL: Duration = Duration::from_secs(30);
+
+/// This host's interface addresses (`getifaddrs(3)` through the `if-addrs` crate), cached for
+/// [`OWN_ADDRESSES_TTL`] so an address added at run time is refused within that time.
+struct OwnAddresses {
+    cache: Mutex<Option<(Instant, Arc<Vec<IpAddr>>)>>,
+}
+
+static OWN_ADDRESSES: LazyLock<OwnAddresses> = LazyLock::new(|| OwnAddresses {
+    cache: Mutex::new(None),
+});
+
+impl OwnAddresses {
+    fn current(&self) -> Arc<Vec<IpAddr>> {
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((at, list)) = cache.as_ref()
+            && at.elapsed() < OWN_ADDRESSES_TTL
+        {
+            return list.clone();
+        }
+        let list = match if_addrs::get_if_addrs() {
+            Ok(ifaces) => Arc::new(ifaces.into_iter().map(|i| i.ip()).collect::<Vec<_>>()),
+            Err(e) => {
+                // The range checks still apply; keep what was known before.
+                tracing::warn!(error = %e, "cannot list this host's interface addresses");
+                cache.as_ref().map(|(_, l)| l.clone()).unwrap_or_default()
+            }
+        };
+        *cache = Some((Instant::now(), list.clone()));
+        list
+    }
+}
+
+/// True when `ip` (or the IPv4 address an IPv4-mapped `ip` carries) is one of this host's
+/// own interface addresses: a public address of the host itself reaches services that
+/// listen on all interfaces.
+pub fn is_own_address(ip: IpAddr) -> bool {
+    let canonical = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    OWN_ADDRESSES
+        .current()
+        .iter()
+        .any(|own| *own == ip || *own == canonical)
 }
 
 /// Hosts (and optionally ports) allowed despite the guard.
@@ -109,9 +190,10 @@ impl AllowList {
     }
 }
 
-/// The resolver error that marks a refused name (found again in reqwest's error chain).
+/// The resolver error that marks a refused name (found again in reqwest's error chain). Its
+/// message is the generic [`REFUSED_MESSAGE`]; `host` and `addr` are for the server log only.
 #[derive(Debug, thiserror::Error)]
-#[error("`{host}` resolves to {addr}, which is not a public address")]
+#[error("the target address is not allowed")]
 pub struct Refused {
     pub host: String,
     pub addr: IpAddr,
@@ -128,6 +210,7 @@ impl Resolve for GuardedResolver {
             let addrs: Vec<SocketAddr> =
                 tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             if let Some(bad) = addrs.iter().find(|a| ip_is_forbidden(a.ip())) {
+                tracing::warn!(host = %host, addr = %bad.ip(), "outbound request refused: the name resolves to a forbidden address");
                 return Err(Box::new(Refused {
                     host,
                     addr: bad.ip(),
@@ -239,10 +322,8 @@ impl HttpClient {
         if let Some(ip) = ip
             && ip_is_forbidden(ip)
         {
-            return Err(HttpError::Forbidden(format!(
-                "{ip} is not a public address; add the host to \
-                 GATHERING__TOOLS__HTTP_ALLOWED_HOSTS to allow it"
-            )));
+            tracing::warn!(addr = %ip, "outbound request refused: forbidden address literal");
+            return Err(HttpError::Forbidden(REFUSED_MESSAGE.to_owned()));
         }
         Ok(&self.guarded)
     }
@@ -341,10 +422,8 @@ async fn read_bounded(mut resp: reqwest::Response, max: u64) -> Result<Bytes, Ht
 fn classify(e: reqwest::Error) -> HttpError {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
     while let Some(s) = source {
-        if let Some(refused) = s.downcast_ref::<Refused>() {
-            return HttpError::Forbidden(format!(
-                "{refused}; add the host to GATHERING__TOOLS__HTTP_ALLOWED_HOSTS to allow it"
-            ));
+        if s.downcast_ref::<Refused>().is_some() {
+            return HttpError::Forbidden(REFUSED_MESSAGE.to_owned());
         }
         source = s.source();
     }
@@ -403,6 +482,20 @@ mod tests {
             "::127.0.0.1",
             "64:ff9b::a00:1",
             "2002:a00:1::1",
+            // Documentation ranges.
+            "192.0.2.1",
+            "198.51.100.7",
+            "203.0.113.255",
+            "2001:db8::1",
+            // IPv4-mapped / translated forms of forbidden IPv4, and local-use NAT64.
+            "::ffff:192.0.2.1",
+            "::ffff:203.0.113.9",
+            "::ffff:0:7f00:1",
+            "::ffff:0:a00:1",
+            "64:ff9b:1::1",
+            "64:ff9b:1:ffff::8.8.8.8",
+            "2001::1",
+            "100::1",
         ] {
             assert!(forbidden(ip), "{ip} must be forbidden");
         }
@@ -418,8 +511,55 @@ mod tests {
             "1.1.1.1",
             "2606:4700:4700::1111",
             "::ffff:8.8.8.8",
+            "::ffff:0:808:808",
+            "64:ff9b::808:808",
+            "192.0.3.1",
+            "203.0.114.1",
         ] {
             assert!(!forbidden(ip), "{ip} must be allowed");
+        }
+    }
+
+    #[test]
+    fn every_interface_address_of_this_host_is_forbidden() {
+        let own: Vec<IpAddr> = if_addrs::get_if_addrs()
+            .unwrap()
+            .into_iter()
+            .map(|i| i.ip())
+            .collect();
+        assert!(!own.is_empty());
+        for ip in own {
+            assert!(is_own_address(ip), "{ip} is this host's own");
+            assert!(ip_is_forbidden(ip), "{ip} must be forbidden");
+            if let IpAddr::V4(v4) = ip {
+                assert!(ip_is_forbidden(IpAddr::V6(v4.to_ipv6_mapped())));
+            }
+        }
+        assert!(!is_own_address("8.8.8.8".parse().unwrap()));
+    }
+
+    #[tokio::test]
+    async fn refusals_say_nothing_about_what_a_name_resolves_to() {
+        let client = HttpClient::new(&[], 1024, 0).unwrap();
+        for url in [
+            "http://localhost:9/x",
+            "http://127.0.0.1:9/",
+            "http://[::ffff:10.0.0.1]/",
+        ] {
+            let err = client
+                .send(HttpRequest {
+                    method: Method::GET,
+                    url: Url::parse(url).unwrap(),
+                    headers: HeaderMap::new(),
+                    body: None,
+                    timeout: Duration::from_secs(5),
+                })
+                .await
+                .unwrap_err();
+            let HttpError::Forbidden(m) = err else {
+                panic!("{url}: expected Forbidden, got {err:?}");
+            };
+            assert_eq!(m, REFUSED_MESSAGE, "{url}");
         }
     }
 

@@ -2,6 +2,7 @@
 //! timeout (async tools awaited, blocking tools on the blocking pool behind a semaphore).
 
 use crate::error::ToolsError;
+use crate::limits::{self, OutputLimits};
 use async_trait::async_trait;
 use gathering_domain::FieldProblem;
 use gathering_domain::tools::{ToolContext, ToolError, ToolInvoker};
@@ -89,6 +90,7 @@ struct Entry {
 pub struct ToolRegistry {
     tools: BTreeMap<String, Arc<Entry>>,
     blocking: Arc<Semaphore>,
+    output_limits: OutputLimits,
 }
 
 impl std::fmt::Debug for ToolRegistry {
@@ -105,7 +107,18 @@ impl ToolRegistry {
         Self {
             tools: BTreeMap::new(),
             blocking: Arc::new(Semaphore::new(blocking_concurrency.max(1))),
+            output_limits: OutputLimits::default(),
         }
+    }
+
+    /// Sets the bounds every tool's output is checked against.
+    pub fn with_output_limits(mut self, limits: OutputLimits) -> Self {
+        self.output_limits = limits;
+        self
+    }
+
+    pub fn output_limits(&self) -> OutputLimits {
+        self.output_limits
     }
 
     fn insert(&mut self, mut spec: ToolSpec, imp: ToolImpl) -> Result<(), ToolsError> {
@@ -156,7 +169,9 @@ impl ToolRegistry {
         self.tools.values().map(|e| &e.spec).collect()
     }
 
-    /// Validates and runs the tool under its timeout.
+    /// Validates and runs the tool under its timeout, then bounds its output (size and
+    /// nesting depth, [`OutputLimits`]): an output over the bounds is refused with
+    /// [`ToolError::OutputTooLarge`] (`output_too_large`), never returned.
     #[tracing::instrument(skip_all, fields(tool = %name))]
     pub async fn invoke(
         &self,
@@ -164,6 +179,17 @@ impl ToolRegistry {
         name: &str,
         params: Value,
     ) -> Result<Value, ToolError> {
+        let output = self.run(ctx, name, params).await?;
+        if let Err(e) = limits::check_value(&output, self.output_limits) {
+            tracing::info!(limit = %e, "tool output refused");
+            // Dropped off the runtime: a large value takes a while to free.
+            drop_in_background(output);
+            return Err(e.into_tool_error(name));
+        }
+        Ok(output)
+    }
+
+    async fn run(&self, ctx: &ToolContext, name: &str, params: Value) -> Result<Value, ToolError> {
         let entry = self
             .tools
             .get(name)
@@ -213,6 +239,13 @@ impl ToolInvoker for ToolRegistry {
         params: Value,
     ) -> Result<Value, ToolError> {
         ToolRegistry::invoke(self, ctx, name, params).await
+    }
+}
+
+/// Frees a (possibly large) value on the blocking pool rather than on a runtime worker.
+fn drop_in_background(v: Value) {
+    if tokio::runtime::Handle::try_current().is_ok() {
+        drop(tokio::task::spawn_blocking(move || drop(v)));
     }
 }
 

@@ -31,6 +31,9 @@ pub enum PathError {
     NotAFile,
     #[error("path is not a directory")]
     NotADirectory,
+    /// A FIFO, socket or device: never opened for reading (a FIFO would block forever).
+    #[error("path is not a regular file")]
+    NotRegularFile,
     #[error("file is {size} bytes, larger than the limit of {max} bytes")]
     TooLarge { size: u64, max: u64 },
     #[error("file is not UTF-8 text")]
@@ -48,6 +51,7 @@ impl ErrorCode for PathError {
             PathError::NotFound => ErrorKind::NotFound,
             PathError::NotAFile
             | PathError::NotADirectory
+            | PathError::NotRegularFile
             | PathError::TooLarge { .. }
             | PathError::NotText
             | PathError::Invalid(_) => ErrorKind::Validation,
@@ -60,6 +64,7 @@ impl ErrorCode for PathError {
             PathError::NotFound => "not_found",
             PathError::NotAFile => "not_a_file",
             PathError::NotADirectory => "not_a_directory",
+            PathError::NotRegularFile => "not_a_regular_file",
             PathError::TooLarge { .. } => "file_too_large",
             PathError::NotText => "not_text",
             PathError::Invalid(_) => "invalid_path",
@@ -285,6 +290,33 @@ fn verify_opened(_file: &fs::File, _root: &Path) -> Result<(), PathError> {
     Ok(())
 }
 
+/// Opens `path` for reading without ever blocking in `open` (`O_NONBLOCK`: a FIFO with no
+/// writer would otherwise wait forever) and without following a final symlink swapped in
+/// since resolution (`O_NOFOLLOW`), then requires a regular file by `fstat` on the opened
+/// descriptor itself (no check-then-open race on the path).
+pub fn open_regular(path: &Path) -> Result<fs::File, PathError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => PathError::Forbidden("path changed to a symlink"),
+            // A socket (or a device without a driver) cannot be opened as a file.
+            Some(libc::ENXIO | libc::ENODEV) => PathError::NotRegularFile,
+            _ if e.kind() == io::ErrorKind::NotFound => PathError::NotFound,
+            _ => PathError::Io(e),
+        })?;
+    let ft = file.metadata()?.file_type();
+    if ft.is_dir() {
+        return Err(PathError::NotAFile);
+    }
+    if !ft.is_file() {
+        return Err(PathError::NotRegularFile);
+    }
+    Ok(file)
+}
+
 /// Joins components with `/` for display (the normalized relative path).
 fn display_path(comps: &[&str]) -> String {
     comps.join("/")
@@ -326,18 +358,15 @@ pub fn read_text_blocking(
     let comps = components(user_path)?;
     let croot = canonical_root(root)?;
     let path = walk(&croot, &comps, false)?;
-    let meta = fs::metadata(&path)?;
-    if meta.is_dir() {
-        return Err(PathError::NotAFile);
-    }
+    let file = open_regular(&path)?;
+    verify_opened(&file, &croot)?;
+    let meta = file.metadata()?;
     if meta.len() > max_bytes {
         return Err(PathError::TooLarge {
             size: meta.len(),
             max: max_bytes,
         });
     }
-    let file = fs::File::open(&path)?;
-    verify_opened(&file, &croot)?;
     let mut buf = Vec::new();
     // The file may grow after the size check: read at most one byte past the limit.
     file.take(max_bytes.saturating_add(1))
@@ -946,6 +975,64 @@ mod tests {
             list_tree(f.root.clone(), "README.md", 5, 100).await,
             Err(PathError::NotADirectory)
         ));
+    }
+
+    fn mkfifo(path: &Path) {
+        let ok = std::process::Command::new("mkfifo")
+            .arg(path)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mkfifo {}", path.display());
+    }
+
+    /// Runs `f` on its own thread and fails the test if it has not answered within `secs`
+    /// (a blocked `open` would otherwise hang the test forever).
+    fn within<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(secs))
+            .expect("answered in time")
+    }
+
+    #[test]
+    fn a_fifo_is_refused_at_once_and_never_blocks_reading_or_listing() {
+        let f = fixture();
+        mkfifo(&f.root.join("pipe"));
+        mkfifo(&f.root.join("src/nested/pipe2"));
+        let root = f.root.clone();
+        let read = within(10, move || read_text_blocking(&root, "pipe", 1024));
+        assert!(matches!(read, Err(PathError::NotRegularFile)), "{read:?}");
+        assert_eq!(PathError::NotRegularFile.code(), "not_a_regular_file");
+        assert_eq!(PathError::NotRegularFile.kind(), ErrorKind::Validation);
+        // Through a symlink that stays inside the root: the same.
+        symlink("src/nested/pipe2", f.root.join("pipe_link")).unwrap();
+        let root = f.root.clone();
+        let read = within(10, move || read_text_blocking(&root, "pipe_link", 1024));
+        assert!(matches!(read, Err(PathError::NotRegularFile)), "{read:?}");
+        let root = f.root.clone();
+        let tree = within(10, move || list_tree_blocking(&root, "", 5, 100)).unwrap();
+        let pipe = tree.entries.iter().find(|e| e.path == "pipe").unwrap();
+        assert_eq!(pipe.kind, EntryKind::Other);
+        assert!(tree.entries.iter().any(|e| e.path == "src/nested/pipe2"));
+        // Writing over a FIFO replaces it (rename), it never opens it.
+        let root = f.root.clone();
+        within(10, move || {
+            write_text_blocking(&root, "pipe", "x", 100, false)
+        })
+        .unwrap();
+        assert_eq!(fs::read_to_string(f.root.join("pipe")).unwrap(), "x");
+    }
+
+    #[test]
+    fn a_unix_socket_is_not_a_regular_file() {
+        let f = fixture();
+        let _sock = std::os::unix::net::UnixListener::bind(f.root.join("sock")).unwrap();
+        let root = f.root.clone();
+        let read = within(10, move || read_text_blocking(&root, "sock", 1024));
+        assert!(matches!(read, Err(PathError::NotRegularFile)), "{read:?}");
     }
 
     #[test]

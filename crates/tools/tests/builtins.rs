@@ -322,6 +322,56 @@ async fn retried_send_with_the_same_idempotency_key_stores_one_notification() {
 }
 
 #[tokio::test]
+async fn replayed_send_notification_posts_the_webhook_once_with_the_idempotency_key() {
+    let srv = TestServer::start().await;
+    let h = harness(ToolsConfig {
+        webhooks: HashMap::from([("ops".to_owned(), srv.url("/webhook"))]),
+        ..loopback_config()
+    });
+    let user = Uuid::now_v7();
+    let c = ToolContext {
+        idempotency_key: Some("run-7:notify".to_owned()),
+        ..ctx(user)
+    };
+    let params = json!({"channel": "ops", "title": "t", "message": "m"});
+    let first = call(&h, &c, "send_notification", params.clone())
+        .await
+        .unwrap();
+    assert_eq!(first["replayed"], false);
+    assert_eq!(first["webhook"]["status"], 200);
+    for _ in 0..3 {
+        let again = call(&h, &c, "send_notification", params.clone())
+            .await
+            .unwrap();
+        assert_eq!(again["replayed"], true);
+        assert_eq!(again["notification"]["id"], first["notification"]["id"]);
+        assert_eq!(again["webhook"], Value::Null);
+    }
+    let hooks: Vec<_> = srv
+        .recorded()
+        .into_iter()
+        .filter(|r| r.path == "/webhook")
+        .collect();
+    assert_eq!(hooks.len(), 1, "one POST for one logical notification");
+    assert_eq!(
+        hooks[0].headers.get("idempotency-key").map(String::as_str),
+        Some("run-7:notify")
+    );
+    assert_eq!(h.events.0.lock().unwrap().len(), 1, "published once");
+
+    // Without a key every call is new; the notification id is the receiver's key.
+    let out = call(&h, &ctx(user), "send_notification", params)
+        .await
+        .unwrap();
+    let hooks = srv.recorded();
+    let last = hooks.last().unwrap();
+    assert_eq!(
+        last.headers.get("idempotency-key").map(String::as_str),
+        out["notification"]["id"].as_str()
+    );
+}
+
+#[tokio::test]
 async fn failing_webhook_is_a_retryable_failure_and_forbidden_webhooks_are_refused() {
     let srv = TestServer::start().await;
     let h = harness(ToolsConfig {

@@ -3,12 +3,14 @@
 pub mod calculator;
 pub mod files;
 pub mod http;
+pub mod jmes_eval;
 pub mod json_query;
 pub mod notify;
 pub mod template;
 
 use crate::config::ToolsConfig;
 use crate::error::ToolsError;
+use crate::limits::OutputLimits;
 use crate::net::HttpClient;
 use crate::registry::ToolRegistry;
 use gathering_domain::events::EventPublisher;
@@ -47,13 +49,25 @@ impl ToolRegistry {
             webhooks.insert(channel.clone(), parsed);
         }
 
-        let mut r = ToolRegistry::new(config.blocking_concurrency);
+        let output = OutputLimits {
+            max_bytes: config.max_output_bytes,
+            max_depth: config.max_output_depth,
+        };
+        let mut r = ToolRegistry::new(config.blocking_concurrency).with_output_limits(output);
         r.register_async(
             http::spec(),
             http::HttpRequestTool::new(http.clone(), config.default_timeout),
         )?;
-        r.register_blocking(json_query::spec(), json_query::run)?;
-        r.register_blocking(template::spec(), template::run)?;
+        let query = json_query::JsonQuery {
+            max_depth: config.json_query_max_depth,
+            max_work: config.json_query_max_work_bytes,
+            output,
+        };
+        r.register_blocking(json_query::spec(), move |_: &_, params| query.run(params))?;
+        let max_text = config.max_output_bytes;
+        r.register_blocking(template::spec(), move |_: &_, params| {
+            template::run_bounded(params, max_text)
+        })?;
         r.register_blocking(calculator::spec(), calculator::run)?;
         let files = files::FileTools::new(projects, config.max_file_bytes);
         r.register_async(files::read_spec(), files::ReadFile(files.clone()))?;

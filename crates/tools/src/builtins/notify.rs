@@ -1,7 +1,12 @@
 //! `send_notification`: stores a notification for the caller, publishes
 //! `notification.created`, and POSTs a JSON webhook when the channel has one configured.
+//!
+//! With an idempotency key (pipelines pass `run_id:node_id`), a replay of the same logical
+//! call finds the notification already stored: it neither publishes nor posts the webhook
+//! again, and answers `"replayed": true`. Every webhook POST carries an `Idempotency-Key`
+//! header (the invocation's key, else the notification id) so a receiver can drop duplicates.
 
-use crate::builtins::http::{status_error, tool_error};
+use crate::builtins::http::{IDEMPOTENCY_KEY, status_error, tool_error};
 use crate::net::{HttpClient, HttpRequest};
 use crate::registry::{AsyncTool, ToolSpec, parse_params};
 use async_trait::async_trait;
@@ -76,12 +81,23 @@ impl SendNotification {
         }
     }
 
-    async fn post_webhook(&self, url: &Url, n: &Notification) -> Result<Value, ToolError> {
+    async fn post_webhook(
+        &self,
+        url: &Url,
+        n: &Notification,
+        idempotency_key: Option<&str>,
+    ) -> Result<Value, ToolError> {
         let mut headers = HeaderMap::new();
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        let key = idempotency_key
+            .and_then(|k| HeaderValue::from_str(k).ok())
+            .or_else(|| HeaderValue::from_str(&n.id.to_string()).ok());
+        if let Some(key) = key {
+            headers.insert(IDEMPOTENCY_KEY, key);
+        }
         let body = json!({"type": EVENT_KIND, "notification": n}).to_string();
         let resp = self
             .http
@@ -106,9 +122,9 @@ impl AsyncTool for SendNotification {
     async fn call(&self, ctx: &ToolContext, params: Value) -> Result<Value, ToolError> {
         let p: Params = parse_params(params)?;
         let channel = p.channel.unwrap_or_else(|| DEFAULT_CHANNEL.to_owned());
-        let n = self
+        let (n, created) = self
             .repo
-            .create(NewNotification {
+            .create_once(NewNotification {
                 user_id: ctx.user_id,
                 channel: channel.clone(),
                 title: p.title,
@@ -129,14 +145,22 @@ impl AsyncTool for SendNotification {
                 }
             })?;
         let data = serde_json::to_value(&n).unwrap_or(Value::Null);
+        if !created {
+            // A replay: the first call already published and posted.
+            tracing::debug!(notification = %n.id, "send_notification replayed; webhook skipped");
+            return Ok(json!({"notification": data, "webhook": Value::Null, "replayed": true}));
+        }
         self.publisher.publish(
             Event::new(ctx.user_id, EVENT_KIND, data.clone())
                 .with_dedup_key(format!("notification:{}", n.id)),
         );
         let webhook = match self.webhooks.get(&channel) {
-            Some(url) => self.post_webhook(url, &n).await?,
+            Some(url) => {
+                self.post_webhook(url, &n, ctx.idempotency_key.as_deref())
+                    .await?
+            }
             None => Value::Null,
         };
-        Ok(json!({"notification": data, "webhook": webhook}))
+        Ok(json!({"notification": data, "webhook": webhook, "replayed": false}))
     }
 }

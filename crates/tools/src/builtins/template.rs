@@ -1,6 +1,7 @@
 //! `text_template`: `{{name}}` placeholders filled from `values`. Plain substitution only —
 //! no expressions, no code. `{{a.b}}` looks up nested objects (and array indexes).
 
+use crate::limits::{OutputLimits, check_value};
 use crate::registry::{ToolSpec, parse_params};
 use gathering_domain::FieldProblem;
 use gathering_domain::tools::{ToolContext, ToolError};
@@ -10,7 +11,8 @@ use std::time::Duration;
 
 pub const NAME: &str = "text_template";
 pub const MAX_TEMPLATE_LEN: usize = 100_000;
-/// Largest rendered text, in bytes.
+/// Largest rendered text, in bytes, by default (the registry passes
+/// `GATHERING__TOOLS__MAX_OUTPUT_BYTES`).
 pub const MAX_OUTPUT_BYTES: usize = 1024 * 1024;
 
 pub fn spec() -> ToolSpec {
@@ -61,10 +63,29 @@ fn valid_name(name: &str) -> bool {
 
 /// Renders `template`; every problem (missing values, malformed placeholders) is reported.
 pub fn render(template: &str, values: &Map<String, Value>) -> Result<String, Vec<FieldProblem>> {
-    let mut out = String::with_capacity(template.len());
+    render_bounded(template, values, MAX_OUTPUT_BYTES)
+}
+
+fn too_large(max: usize) -> FieldProblem {
+    FieldProblem::new("/template", format!("rendered text exceeds {max} bytes"))
+}
+
+/// [`render`] that stops as soon as the text would pass `max_output` bytes: nothing larger is
+/// ever built (a value repeated many times cannot grow it past the bound). Non-string values
+/// are measured before they are formatted.
+pub fn render_bounded(
+    template: &str,
+    values: &Map<String, Value>,
+    max_output: usize,
+) -> Result<String, Vec<FieldProblem>> {
+    let mut out = String::with_capacity(template.len().min(max_output));
     let mut problems = Vec::new();
     let mut rest = template;
     while let Some(start) = rest.find("{{") {
+        if out.len() + start > max_output {
+            problems.push(too_large(max_output));
+            break;
+        }
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
         let Some(end) = after.find("}}") else {
@@ -79,24 +100,37 @@ pub fn render(template: &str, values: &Map<String, Value>) -> Result<String, Vec
             ));
         } else {
             match lookup(values, name) {
-                Some(Value::String(s)) => out.push_str(s),
-                Some(other) => out.push_str(&other.to_string()),
+                Some(Value::String(s)) => {
+                    if out.len() + s.len() > max_output {
+                        problems.push(too_large(max_output));
+                        break;
+                    }
+                    out.push_str(s);
+                }
+                Some(other) => {
+                    let room = max_output.saturating_sub(out.len());
+                    let limits = OutputLimits {
+                        max_bytes: room,
+                        max_depth: usize::MAX,
+                    };
+                    if check_value(other, limits).is_err() {
+                        problems.push(too_large(max_output));
+                        break;
+                    }
+                    out.push_str(&other.to_string());
+                }
                 None => problems.push(FieldProblem::new(
                     format!("/values/{}", name.replace('~', "~0").replace('/', "~1")),
                     format!("no value for placeholder `{{{{{name}}}}}`"),
                 )),
             }
         }
-        if out.len() > MAX_OUTPUT_BYTES {
-            problems.push(FieldProblem::new(
-                "/template",
-                format!("rendered text exceeds {MAX_OUTPUT_BYTES} bytes"),
-            ));
-            break;
-        }
         rest = &after[end + 2..];
     }
     if problems.is_empty() {
+        if out.len() + rest.len() > max_output {
+            return Err(vec![too_large(max_output)]);
+        }
         out.push_str(rest);
         Ok(out)
     } else {
@@ -105,10 +139,26 @@ pub fn render(template: &str, values: &Map<String, Value>) -> Result<String, Vec
 }
 
 pub fn run(_ctx: &ToolContext, params: Value) -> Result<Value, ToolError> {
+    run_bounded(params, MAX_OUTPUT_BYTES)
+}
+
+/// The tool with a bound on the rendered text; too much text is `output_too_large`.
+pub fn run_bounded(params: Value, max_output: usize) -> Result<Value, ToolError> {
     let p: Params = parse_params(params)?;
-    render(&p.template, &p.values)
+    render_bounded(&p.template, &p.values, max_output)
         .map(Value::String)
-        .map_err(ToolError::InvalidParams)
+        .map_err(|problems| {
+            if problems
+                .iter()
+                .any(|p| p.problem.starts_with("rendered text exceeds"))
+            {
+                ToolError::OutputTooLarge(format!(
+                    "{NAME}: rendered text exceeds {max_output} bytes"
+                ))
+            } else {
+                ToolError::InvalidParams(problems)
+            }
+        })
 }
 
 #[cfg(test)]
