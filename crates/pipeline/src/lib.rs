@@ -11,6 +11,8 @@ pub mod validate;
 pub use error::PipelineError;
 pub mod breaker;
 pub mod executor;
+pub mod limits;
+pub mod pool;
 pub mod memory;
 pub mod retry;
 pub mod service;
