@@ -443,3 +443,56 @@ async fn a_run_whose_instance_keeps_dying_fails_as_crash_loop() {
     assert_eq!(r["error"]["code"], "crash_loop", "{r}");
     assert_eq!(target.hits("/hang"), 3, "not run again after the third crash");
 }
+
+/// A supervisor restarting the server gracefully while a node never finishes: the drain gives
+/// up on the node and releases the run, and that interruption counts like a dead instance. Past
+/// `MAX_RESCUES` the next instance fails the run as `crash_loop` without running the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_restarts_that_abandon_a_node_end_in_crash_loop() {
+    let target = Loopback::start(|_, _| {
+        Answer::json(200, json!({"ok": true})).after(Duration::from_secs(120))
+    })
+    .await;
+    let env = [
+        ("GATHERING__TOOLS__HTTP_ALLOWED_HOSTS", "127.0.0.1"),
+        ("GATHERING__PIPELINE__POLL_INTERVAL_MS", "100"),
+        ("GATHERING__PIPELINE__MAX_RESCUES", "0"),
+        ("GATHERING__SERVER__SHUTDOWN_TIMEOUT_SECS", "1"),
+    ];
+    let db = TestDatabase::new().await;
+    let app = spawn_app_on(&db, &env).await;
+    let token = app.user_token().await;
+    let p = create(
+        &app,
+        &token,
+        json!({"name": "hang", "nodes": [
+            {"id": "h", "type": "action", "retry": {"max_attempts": 10},
+             "config": {"tool": "http_request",
+                        "params": {"method": "GET", "url": target.url("/hang"), "timeout_ms": 120000}}}
+        ]}),
+    )
+    .await;
+    let run = start(&app, &token, &p, json!({})).await;
+    target
+        .wait_for(Some("/hang"), 1, Duration::from_secs(30))
+        .await;
+    let db_client = app.db_client().await;
+    app.stop().await.unwrap();
+    let id = uuid::Uuid::parse_str(&run).unwrap();
+    let row = db_client
+        .query_one(
+            "SELECT rescue_count, lease_owner IS NULL, status FROM pipeline.runs WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i32>(0), 1, "the interrupted drain was counted");
+    assert!(row.get::<_, bool>(1), "the lease was released");
+    assert_eq!(row.get::<_, &str>(2), "running");
+    // The restarted instance does not run the node again.
+    let app = spawn_app_on(&db, &env).await;
+    let r = finished(&app, &token, &run).await;
+    assert_eq!(r["status"], "failed", "{r}");
+    assert_eq!(r["error"]["code"], "crash_loop", "{r}");
+    assert_eq!(target.hits("/hang"), 1);
+}
