@@ -97,7 +97,9 @@ async fn deeply_nested_cel_condition_is_refused_with_422_and_the_server_stays_up
     create(
         &app,
         &token,
-        condition_pipeline("(input.n > 1 && [1, 2].exists(v, v == input.n)) || nodes.x.status == 'succeeded'"),
+        condition_pipeline(
+            "(input.n > 1 && [1, 2].exists(v, v == input.n)) || nodes.x.status == 'succeeded'",
+        ),
     )
     .await;
 }
@@ -106,7 +108,10 @@ async fn deeply_nested_cel_condition_is_refused_with_422_and_the_server_stays_up
 async fn nested_comprehension_condition_is_refused_with_422() {
     let app = spawn_app().await;
     let token = app.user_token().await;
-    let l = format!("[{}]", (0..50).map(|i| i.to_string()).collect::<Vec<_>>().join(","));
+    let l = format!(
+        "[{}]",
+        (0..50).map(|i| i.to_string()).collect::<Vec<_>>().join(",")
+    );
     let expr = format!("{l}.all(a, {l}.all(b, {l}.all(c, a + b + c >= 0)))");
     let r = app
         .post("/pipelines", &condition_pipeline(&expr), Some(&token))
@@ -138,7 +143,13 @@ async fn a_condition_over_its_budget_times_out_and_the_server_stays_ready() {
         condition_pipeline("input.l.all(a, input.l.all(b, a + b >= 0))"),
     )
     .await;
-    let run = start(&app, &token, &p, json!({"l": (0..1500).collect::<Vec<i64>>()})).await;
+    let run = start(
+        &app,
+        &token,
+        &p,
+        json!({"l": (0..1500).collect::<Vec<i64>>()}),
+    )
+    .await;
     let r = app.get("/health/ready", None).await;
     assert_eq!(r.status(), StatusCode::OK);
     let r = finished(&app, &token, &run).await;
@@ -182,7 +193,11 @@ async fn a_12000_node_pipeline_is_refused_with_422_quickly() {
         .await;
     let body = assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
     assert_eq!(fields(&body), vec!["/nodes"]);
-    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -441,7 +456,11 @@ async fn a_run_whose_instance_keeps_dying_fails_as_crash_loop() {
     let r = finished(&app, &token, &run).await;
     assert_eq!(r["status"], "failed", "{r}");
     assert_eq!(r["error"]["code"], "crash_loop", "{r}");
-    assert_eq!(target.hits("/hang"), 3, "not run again after the third crash");
+    assert_eq!(
+        target.hits("/hang"),
+        3,
+        "not run again after the third crash"
+    );
 }
 
 /// A supervisor restarting the server gracefully while a node never finishes: the drain gives

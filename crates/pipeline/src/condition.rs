@@ -496,8 +496,8 @@ mod tests {
         // on a 256 KiB stack without parsing.
         let e = on_small_stack(|| scan(&deep_parens(300), &CelLimits::default())).unwrap_err();
         assert!(e.contains("nests brackets"), "{e}");
-        let e = on_small_stack(|| check_static(&deep_parens(300), &CelLimits::default()))
-            .unwrap_err();
+        let e =
+            on_small_stack(|| check_static(&deep_parens(300), &CelLimits::default())).unwrap_err();
         assert!(e.contains("nests brackets"), "{e}");
         // The allowed depth compiles fine on the big stack.
         check(&deep_parens(30)).unwrap();
@@ -511,7 +511,11 @@ mod tests {
         let e = scan(&chain, &CelLimits::default()).unwrap_err();
         assert!(e.contains("operands") || e.contains("operators"), "{e}");
         let wide = format!("[{}] == []", vec!["1"; 300].join(","));
-        assert!(scan(&wide, &CelLimits::default()).unwrap_err().contains("items"));
+        assert!(
+            scan(&wide, &CelLimits::default())
+                .unwrap_err()
+                .contains("items")
+        );
     }
 
     #[test]
@@ -523,7 +527,11 @@ mod tests {
         // One level is fine, and sequential macros count against the macro limit.
         scan(&format!("{l}.all(a, a > 0)"), &CelLimits::default()).unwrap();
         let many = vec![format!("{l}.exists(x, x == 1)"); 9].join(" && ");
-        assert!(scan(&many, &CelLimits::default()).unwrap_err().contains("macros"));
+        assert!(
+            scan(&many, &CelLimits::default())
+                .unwrap_err()
+                .contains("macros")
+        );
         // A macro name as a plain field or inside a string is not a macro.
         scan(
             "input.map == 1 && input.s == \".all(\" && nodes.a.output.filter == 2",
@@ -559,7 +567,11 @@ mod tests {
         assert!(check("").is_err());
         // Variables bound by comprehension macros are known inside them.
         check("input.l.exists(item, item > 2) && input.m.all(k, k != 'x')").unwrap();
-        assert!(check("input.l.exists(item, item > other)").unwrap_err().contains("other"));
+        assert!(
+            check("input.l.exists(item, item > other)")
+                .unwrap_err()
+                .contains("other")
+        );
         assert_eq!(
             check("nodes.a.output.x == 1 || nodes[\"b\"].output == true").unwrap(),
             vec!["a".to_owned(), "b".to_owned()]

@@ -855,10 +855,13 @@ impl Driver {
                                 Err(NodeFailure::new("condition_failed", e))
                             }
                         };
-                    (i, NodeOutcome {
-                        attempts: 1,
-                        result,
-                    })
+                    (
+                        i,
+                        NodeOutcome {
+                            attempts: 1,
+                            result,
+                        },
+                    )
                 }));
             }
             NodeType::Delay => {

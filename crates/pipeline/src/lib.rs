@@ -12,8 +12,8 @@ pub use error::PipelineError;
 pub mod breaker;
 pub mod executor;
 pub mod limits;
-pub mod pool;
 pub mod memory;
+pub mod pool;
 pub mod retry;
 pub mod service;
 

@@ -68,14 +68,16 @@ impl CelPool {
         R: Send + 'static,
     {
         let deadline = tokio::time::Instant::now() + budget;
-        let permit =
-            match tokio::time::timeout_at(deadline, Arc::clone(&self.permits).acquire_owned())
-                .await
-            {
-                Ok(Ok(p)) => p,
-                Ok(Err(_)) => return Err(PoolError::Failed("the CEL pool is closed".to_owned())),
-                Err(_) => return Err(PoolError::TimedOut),
-            };
+        let permit = match tokio::time::timeout_at(
+            deadline,
+            Arc::clone(&self.permits).acquire_owned(),
+        )
+        .await
+        {
+            Ok(Ok(p)) => p,
+            Ok(Err(_)) => return Err(PoolError::Failed("the CEL pool is closed".to_owned())),
+            Err(_) => return Err(PoolError::TimedOut),
+        };
         let (tx, rx) = tokio::sync::oneshot::channel();
         std::thread::Builder::new()
             .name("gathering-cel".to_owned())
@@ -141,9 +143,7 @@ mod tests {
     #[tokio::test]
     async fn a_panic_is_contained() {
         let pool = CelPool::new(1);
-        let r: Result<(), _> = pool
-            .run(Duration::from_secs(5), || panic!("boom"))
-            .await;
+        let r: Result<(), _> = pool.run(Duration::from_secs(5), || panic!("boom")).await;
         assert!(matches!(r, Err(PoolError::Failed(_))));
         assert_eq!(pool.run(Duration::from_secs(5), || 7).await, Ok(7));
     }

@@ -1204,7 +1204,11 @@ async fn graceful_stops_that_abandon_in_flight_nodes_end_in_crash_loop() {
         shutdown.cancel();
         tokio::time::timeout(LIMIT, handle).await.unwrap().unwrap();
         assert_eq!(h.store.lease_owner(run), None);
-        assert_eq!(h.store.rescue_count(run), Some(i), "interruption {i} counted");
+        assert_eq!(
+            h.store.rescue_count(run),
+            Some(i),
+            "interruption {i} counted"
+        );
     }
     // The next claim does not run the node again.
     h.idle().await;
@@ -1250,8 +1254,13 @@ async fn killed_instances_and_interrupted_drains_count_together_toward_crash_loo
     let d = h.detail(run).await;
     assert_eq!(d.run.status, RunStatus::Failed);
     assert_eq!(d.run.error.unwrap().code, "crash_loop");
-    assert!(h.events.0.lock().iter().any(|e| e.kind == "run.finished"
-        && e.data["error"]["code"] == "crash_loop"));
+    assert!(
+        h.events
+            .0
+            .lock()
+            .iter()
+            .any(|e| e.kind == "run.finished" && e.data["error"]["code"] == "crash_loop")
+    );
 }
 
 /// An executor on the harness' store with the real clock and a short drain.
@@ -1324,7 +1333,10 @@ async fn a_condition_over_its_budget_times_out_without_blocking_the_runtime() {
     });
     h.idle().await;
     ticker.abort();
-    assert!(ticks.load(Ordering::SeqCst) >= 2, "the runtime kept running");
+    assert!(
+        ticks.load(Ordering::SeqCst) >= 2,
+        "the runtime kept running"
+    );
     let c = h.node(run, "c").await;
     assert_eq!(c.status, NodeStatus::Failed);
     assert_eq!(c.error.unwrap().code, "timed_out");
@@ -1359,7 +1371,13 @@ async fn cancelling_a_run_abandons_its_condition_evaluation() {
 async fn nested_comprehensions_and_deep_conditions_are_refused_when_stored() {
     let h = harness();
     let deep = format!("{}true{}", "(".repeat(300), ")".repeat(300));
-    for expr in [deep, slow_condition_pipeline()["nodes"][1]["config"]["expression"].as_str().unwrap().to_owned()] {
+    for expr in [
+        deep,
+        slow_condition_pipeline()["nodes"][1]["config"]["expression"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+    ] {
         let definition: PipelineDefinition = serde_json::from_value(json!({
             "nodes": [{"id": "t", "type": "trigger"}, {"id": "c", "type": "condition", "config": {"expression": expr}}],
             "edges": [{"from": "t", "to": "c"}]
@@ -1367,7 +1385,14 @@ async fn nested_comprehensions_and_deep_conditions_are_refused_when_stored() {
         .unwrap();
         let err = h
             .svc
-            .create(h.owner, CreatePipeline { name: "p".into(), description: None, definition })
+            .create(
+                h.owner,
+                CreatePipeline {
+                    name: "p".into(),
+                    description: None,
+                    definition,
+                },
+            )
             .await
             .unwrap_err();
         assert_eq!(err.code(), "validation_failed");
@@ -1454,7 +1479,14 @@ async fn too_many_template_references_or_nodes_are_refused_when_stored() {
     .unwrap();
     let err = h
         .svc
-        .create(h.owner, CreatePipeline { name: "p".into(), description: None, definition })
+        .create(
+            h.owner,
+            CreatePipeline {
+                name: "p".into(),
+                description: None,
+                definition,
+            },
+        )
         .await
         .unwrap_err();
     assert_eq!(err.details()[0].field, "/nodes/1/config/params");
@@ -1466,7 +1498,14 @@ async fn too_many_template_references_or_nodes_are_refused_when_stored() {
     let started = std::time::Instant::now();
     let err = h
         .svc
-        .create(h.owner, CreatePipeline { name: "p".into(), description: None, definition })
+        .create(
+            h.owner,
+            CreatePipeline {
+                name: "p".into(),
+                description: None,
+                definition,
+            },
+        )
         .await
         .unwrap_err();
     let fields: Vec<String> = err.details().into_iter().map(|p| p.field).collect();

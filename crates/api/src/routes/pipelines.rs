@@ -211,7 +211,11 @@ fn parse_body<T: DeserializeOwned>(
     max: usize,
 ) -> Result<T, ApiError> {
     if let Some(ct) = req.headers().get(actix_web::http::header::CONTENT_TYPE)
-        && !ct.to_str().unwrap_or("").to_ascii_lowercase().contains("json")
+        && !ct
+            .to_str()
+            .unwrap_or("")
+            .to_ascii_lowercase()
+            .contains("json")
     {
         return Err(ApiError::bad_request(
             "unsupported_media_type",
