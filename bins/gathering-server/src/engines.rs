@@ -173,7 +173,8 @@ pub fn build(
     .context("cannot build the LLM services")?;
     let runner: Arc<dyn AgentRunner> = llm.agents.clone();
 
-    // Pipelines.
+    // Pipelines. One CEL pool per process, shared by definition checks and the executor.
+    let cel_pool = settings.pipeline.cel_pool();
     let runs = Arc::new(
         gathering_store::pipeline::PgRunRepository::new(pool.clone())
             .with_synchronous_transitions(!settings.pipeline.async_node_commits),
@@ -188,7 +189,11 @@ pub fn build(
             Some(notifier.clone()),
             clock.clone(),
         )
-        .with_known_tools(tools.list().into_iter().map(|s| s.name.clone())),
+        .with_known_tools(tools.list().into_iter().map(|s| s.name.clone()))
+        .with_limits(settings.pipeline.limits(), cel_pool.clone())
+        .with_agents(Arc::new(gathering_store::agents::PgAgentStore::new(
+            pool.clone(),
+        ))),
     );
     let executor = Executor::new(
         ExecutorDeps {
@@ -198,9 +203,12 @@ pub fn build(
             events: publisher.clone(),
             clock: clock.clone(),
         },
-        settings
-            .pipeline
-            .executor_config(Duration::from_secs(settings.server.shutdown_timeout_secs)),
+        gathering_pipeline::executor::ExecutorConfig {
+            cel_pool,
+            ..settings
+                .pipeline
+                .executor_config(Duration::from_secs(settings.server.shutdown_timeout_secs))
+        },
     );
 
     // Schedules.

@@ -335,6 +335,10 @@ pub struct ClaimedRun {
     pub nodes: Vec<NodeRun>,
     /// True when this claim moved the run out of `queued` for the first time.
     pub first_start: bool,
+    /// How often an execution of this run ended without finishing it or reaching a timer: its
+    /// lease expired (the instance died) or a graceful stop interrupted nodes in flight. Over
+    /// the executor's `max_rescues` the run fails as `crash_loop` instead of running again.
+    pub rescue_count: u32,
 }
 
 /// What happens to the run row together with a batch of node transitions.
@@ -352,6 +356,10 @@ pub enum RunCommit {
     /// Release the lease; the run becomes claimable again at `due_at` (now when `None`):
     /// durable timers (delay nodes) and graceful shutdown.
     Release { due_at: Option<DateTime<Utc>> },
+    /// Release the lease, claimable now, and count an interruption (`rescue_count + 1`): a
+    /// graceful stop that had to abandon nodes in flight. A node that takes its host down with it
+    /// must not be re-run forever through restarts.
+    Interrupted,
 }
 
 /// Outcome of a cancel request.
@@ -369,7 +377,7 @@ pub enum CancelOutcome {
 pub struct RescueReport {
     /// Runs whose lease expired and that are claimable again.
     pub requeued: Vec<Uuid>,
-    /// Runs that were rescued too often and are now `failed` (`abandoned`): (run id, owner id).
+    /// Runs that were rescued too often and are now `failed` (`crash_loop`): (run id, owner id).
     pub abandoned: Vec<(Uuid, Uuid)>,
 }
 
@@ -461,8 +469,8 @@ pub trait RunRepository: Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<Option<CancelOutcome>, RepoError>;
 
-    /// Requeues runs whose lease expired before `now`; a run rescued more than `max_rescues`
-    /// times fails as `abandoned` instead.
+    /// Requeues runs whose lease expired before `now` (counting a rescue); a run rescued more
+    /// than `max_rescues` times fails as `crash_loop` instead.
     async fn rescue_stale(
         &self,
         now: DateTime<Utc>,

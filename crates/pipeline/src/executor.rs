@@ -15,6 +15,8 @@
 
 use crate::breaker::{BreakerConfig, Breakers};
 use crate::condition;
+use crate::limits::{Limits, depth_within, json_size_within};
+use crate::pool::CelPool;
 use crate::retry::{Sleeper, TokioSleeper, backoff};
 use crate::template::{self, TemplateContext};
 use chrono::{DateTime, Utc};
@@ -70,6 +72,10 @@ pub struct ExecutorConfig {
     pub drain_timeout: Duration,
     /// Timeout of a node attempt without its own `timeout_ms`.
     pub default_node_timeout: Duration,
+    /// Bounds on conditions, rendered templates and outputs.
+    pub limits: Limits,
+    /// Where conditions are evaluated (shared with the service's compile checks).
+    pub cel_pool: CelPool,
 }
 
 impl Default for ExecutorConfig {
@@ -88,6 +94,8 @@ impl Default for ExecutorConfig {
             max_breaker_targets: 1024,
             drain_timeout: Duration::from_secs(20),
             default_node_timeout: Duration::from_secs(300),
+            limits: Limits::default(),
+            cel_pool: CelPool::default(),
         }
     }
 }
@@ -259,7 +267,7 @@ impl Executor {
             self.inner.deps.events.publish(Event::new(
                 *owner,
                 "run.finished",
-                json!({"run_id": run_id, "status": "failed", "error": {"code": "abandoned"}}),
+                json!({"run_id": run_id, "status": "failed", "error": {"code": "crash_loop"}}),
             ));
         }
         if !report.requeued.is_empty() {
@@ -467,6 +475,7 @@ struct Driver {
     failure: Option<NodeFailure>,
     ctl: RunControl,
     first_start: bool,
+    rescue_count: u32,
 }
 
 impl Driver {
@@ -476,6 +485,7 @@ impl Driver {
             definition: def,
             nodes,
             first_start,
+            rescue_count,
         } = claimed;
         let index: HashMap<&str, usize> = def
             .nodes
@@ -528,6 +538,7 @@ impl Driver {
             failure: None,
             ctl,
             first_start,
+            rescue_count,
         }
     }
 
@@ -554,6 +565,19 @@ impl Driver {
                     RunError::new("cancelled", "the run was cancelled"),
                 )
                 .await;
+        }
+        if self.rescue_count > self.inner.cfg.max_rescues {
+            // Every execution of this run so far ended with its instance dying (or stopping
+            // with nodes in flight): do not run it again.
+            let error = RunError::new(
+                "crash_loop",
+                format!(
+                    "the run was interrupted {} times while running (max_rescues {}); \
+                     it is not run again",
+                    self.rescue_count, self.inner.cfg.max_rescues
+                ),
+            );
+            return self.finish_aborted(RunStatus::Failed, error).await;
         }
         if self.first_start {
             self.publish("run.started", json!({}));
@@ -660,9 +684,13 @@ impl Driver {
                     drain_deadline = Some(tokio::time::Instant::now() + self.inner.cfg.drain_timeout);
                 }
                 _ = sleep_until_opt(drain_deadline), if draining => {
-                    // In-flight nodes did not finish in time: they run again on resume.
+                    // In-flight nodes did not finish in time: they run again on resume, and the
+                    // interruption counts against `max_rescues` (a node that brings its host down
+                    // through a supervisor's restart must not loop forever).
                     drop(running);
-                    self.release(None).await;
+                    if self.flush(RunCommit::Interrupted).await {
+                        debug!(run_id = %self.run.id, "released an interrupted run");
+                    }
                     return;
                 }
             }
@@ -780,7 +808,8 @@ impl Driver {
                     .config
                     .get("expression")
                     .and_then(Value::as_str)
-                    .unwrap_or("");
+                    .unwrap_or("")
+                    .to_owned();
                 let nodes: serde_json::Map<String, Value> = self
                     .state
                     .iter()
@@ -792,10 +821,48 @@ impl Driver {
                         )
                     })
                     .collect();
-                match condition::evaluate(expr, &self.run.input, &nodes) {
-                    Ok(b) => self.succeed(i, Value::Bool(b), now),
-                    Err(e) => self.fail(i, NodeFailure::new("condition_failed", e), now),
-                }
+                let n = &mut self.state[i];
+                n.status = NodeStatus::Running;
+                n.attempts = 1;
+                n.started_at = Some(now);
+                n.error = None;
+                self.pending.push(n.clone());
+                // Evaluated on the CEL pool, never on the runtime; the deadline is the node's
+                // timeout capped by the condition budget. Cancelling the run drops this future,
+                // which abandons the evaluation (see `crate::pool`).
+                let budget = node
+                    .timeout_ms
+                    .map(Duration::from_millis)
+                    .unwrap_or(self.inner.cfg.default_node_timeout)
+                    .min(self.inner.cfg.limits.condition_budget);
+                let pool = self.inner.cfg.cel_pool.clone();
+                let limits = self.inner.cfg.limits.cel;
+                let input = self.run.input.clone();
+                to_spawn.push(Box::pin(async move {
+                    let result =
+                        match condition::evaluate_on(&pool, &limits, budget, expr, input, nodes)
+                            .await
+                        {
+                            Ok(b) => Ok(Value::Bool(b)),
+                            Err(condition::EvalError::TimedOut) => Err(NodeFailure::new(
+                                "timed_out",
+                                format!(
+                                    "the condition did not finish within {} ms",
+                                    budget.as_millis()
+                                ),
+                            )),
+                            Err(condition::EvalError::Failed(e)) => {
+                                Err(NodeFailure::new("condition_failed", e))
+                            }
+                        };
+                    (
+                        i,
+                        NodeOutcome {
+                            attempts: 1,
+                            result,
+                        },
+                    )
+                }));
             }
             NodeType::Delay => {
                 let ms = node.config.get("ms").and_then(Value::as_u64).unwrap_or(0);
@@ -814,6 +881,7 @@ impl Driver {
             }
             NodeType::Action | NodeType::Agent => {
                 let outputs = self.outputs();
+                let max_rendered = self.inner.cfg.limits.max_rendered_bytes;
                 let ctx = TemplateContext {
                     input: &self.run.input,
                     outputs: &outputs,
@@ -830,7 +898,8 @@ impl Driver {
                         .get("params")
                         .cloned()
                         .unwrap_or_else(|| json!({}));
-                    template::render(&params, &ctx).map(|params| NodeCall::Tool { name, params })
+                    template::render_bounded(&params, &ctx, max_rendered)
+                        .map(|params| NodeCall::Tool { name, params })
                 } else {
                     let agent_id = node
                         .config
@@ -843,13 +912,17 @@ impl Driver {
                         .get("prompt")
                         .and_then(Value::as_str)
                         .unwrap_or("");
-                    template::render_text(prompt, &ctx)
+                    template::render_text_bounded(prompt, &ctx, max_rendered)
                         .map(|prompt| NodeCall::Agent { agent_id, prompt })
                 };
                 let call = match call {
                     Ok(c) => c,
+                    Err(e @ template::RenderError::TooLarge(_)) => {
+                        self.fail(i, NodeFailure::new("params_too_large", e.to_string()), now);
+                        return;
+                    }
                     Err(e) => {
-                        self.fail(i, NodeFailure::new("template_failed", e), now);
+                        self.fail(i, NodeFailure::new("template_failed", e.to_string()), now);
                         return;
                     }
                 };
@@ -900,7 +973,29 @@ impl Driver {
         }
     }
 
+    /// `Err` when `output` is over the output bounds (checked before anything is stored:
+    /// a value nested deeper than serde_json reads back would make the run unreadable).
+    fn check_output(&self, output: &Value) -> Result<(), NodeFailure> {
+        let l = &self.inner.cfg.limits;
+        if !depth_within(output, l.max_output_depth) {
+            return Err(NodeFailure::new(
+                "output_too_deep",
+                format!("the output nests deeper than {} levels", l.max_output_depth),
+            ));
+        }
+        if json_size_within(output, l.max_output_bytes).is_none() {
+            return Err(NodeFailure::new(
+                "output_too_large",
+                format!("the output is larger than {} bytes", l.max_output_bytes),
+            ));
+        }
+        Ok(())
+    }
+
     fn succeed(&mut self, i: usize, output: Value, now: DateTime<Utc>) {
+        if let Err(f) = self.check_output(&output) {
+            return self.fail(i, f, now);
+        }
         let n = &mut self.state[i];
         n.status = NodeStatus::Succeeded;
         if n.attempts == 0 {
@@ -984,6 +1079,18 @@ impl Driver {
             .collect();
         let now = self.now();
         let output = Value::Object(output);
+        let max = self.inner.cfg.limits.max_run_output_bytes;
+        if json_size_within(&output, max).is_none() {
+            return self
+                .finish_aborted(
+                    RunStatus::Failed,
+                    RunError::new(
+                        "output_too_large",
+                        format!("the run output is larger than {max} bytes"),
+                    ),
+                )
+                .await;
+        }
         if self
             .flush(RunCommit::Finish {
                 status: RunStatus::Succeeded,

@@ -11,7 +11,9 @@ pub mod validate;
 pub use error::PipelineError;
 pub mod breaker;
 pub mod executor;
+pub mod limits;
 pub mod memory;
+pub mod pool;
 pub mod retry;
 pub mod service;
 

@@ -53,6 +53,11 @@ impl MemoryStore {
             .and_then(|r| r.lease_owner)
     }
 
+    /// Test helper: how often the run was rescued or interrupted.
+    pub fn rescue_count(&self, run_id: Uuid) -> Option<u32> {
+        self.state.lock().runs.get(&run_id).map(|r| r.rescue_count)
+    }
+
     /// Test helper: when a released run becomes claimable again.
     pub fn due_at(&self, run_id: Uuid) -> Option<DateTime<Utc>> {
         self.state.lock().runs.get(&run_id).and_then(|r| r.due_at)
@@ -280,6 +285,7 @@ impl RunRepository for MemoryStore {
                 definition,
                 nodes: r.nodes.clone(),
                 first_start,
+                rescue_count: r.rescue_count,
             });
         }
         Ok(out)
@@ -351,6 +357,12 @@ impl RunRepository for MemoryStore {
                 r.lease_expires_at = None;
                 r.due_at = due_at;
             }
+            RunCommit::Interrupted => {
+                r.lease_owner = None;
+                r.lease_expires_at = None;
+                r.due_at = None;
+                r.rescue_count += 1;
+            }
         }
         Ok(())
     }
@@ -407,8 +419,11 @@ impl RunRepository for MemoryStore {
                     r.run.status = RunStatus::Failed;
                     r.run.finished_at = Some(now);
                     r.run.error = Some(RunError::new(
-                        "abandoned",
-                        format!("the run's executor stopped {} times", r.rescue_count),
+                        "crash_loop",
+                        format!(
+                            "the run's executor stopped {} times while running it",
+                            r.rescue_count
+                        ),
                     ));
                     report.abandoned.push((r.run.id, r.run.owner_id));
                 } else {

@@ -3,12 +3,15 @@
 
 use crate::error::PipelineError;
 use crate::executor::{RUN_CANCEL_CHANNEL, RUN_QUEUED_CHANNEL};
-use crate::validate::validate_with_tools;
+use crate::limits::Limits;
+use crate::pool::{CelPool, PoolError};
+use crate::validate::{check_static, compile_conditions};
+use gathering_domain::agents::AgentRepository;
 use gathering_domain::events::{Event, EventPublisher};
 use gathering_domain::notify::Notifier;
 use gathering_domain::pipeline::{
-    CancelOutcome, Edge, NewPipeline, Node, Pipeline, PipelineDefinition, PipelineRepository,
-    PipelineUpdate, Run, RunDetail, RunRepository,
+    CancelOutcome, Edge, NewPipeline, Node, NodeType, Pipeline, PipelineDefinition,
+    PipelineRepository, PipelineUpdate, Run, RunDetail, RunRepository,
 };
 use gathering_domain::{Clock, FieldProblem, Page, PageRequest};
 use serde_json::{Value, json};
@@ -47,6 +50,10 @@ pub struct PipelineService {
     clock: Arc<dyn Clock>,
     /// Names of the tools action nodes may call; `None` accepts any name (checked at run time).
     known_tools: Option<Arc<HashSet<String>>>,
+    limits: Limits,
+    cel_pool: CelPool,
+    /// Agent nodes must name one of the owner's agents; `None` checks only at run time.
+    agents: Option<Arc<dyn AgentRepository>>,
 }
 
 fn check_name(name: &str, problems: &mut Vec<FieldProblem>) {
@@ -70,38 +77,6 @@ fn check_description(d: &Option<String>, problems: &mut Vec<FieldProblem>) {
     }
 }
 
-/// Validates name/description and the definition together, reporting every problem at once.
-fn validate_all(
-    problems: Vec<FieldProblem>,
-    def: &PipelineDefinition,
-    known_tools: Option<&HashSet<String>>,
-) -> Result<(), PipelineError> {
-    match (validate_with_tools(def, known_tools), problems.is_empty()) {
-        (Ok(()), true) => Ok(()),
-        (Ok(()), false) => Err(PipelineError::Invalid(problems)),
-        (Err(PipelineError::Invalid(mut p)), _) => {
-            let mut all = problems;
-            all.append(&mut p);
-            Err(PipelineError::Invalid(all))
-        }
-        (
-            Err(PipelineError::Cycle {
-                nodes,
-                problems: mut p,
-            }),
-            _,
-        ) => {
-            let mut all = problems;
-            all.append(&mut p);
-            Err(PipelineError::Cycle {
-                nodes,
-                problems: all,
-            })
-        }
-        (Err(e), _) => Err(e),
-    }
-}
-
 impl PipelineService {
     pub fn new(
         pipelines: Arc<dyn PipelineRepository>,
@@ -117,7 +92,116 @@ impl PipelineService {
             notifier,
             clock,
             known_tools: None,
+            limits: Limits::default(),
+            cel_pool: CelPool::default(),
+            agents: None,
         }
+    }
+
+    /// The limits definitions are checked against, and the CEL pool (shared with the executor)
+    /// their conditions are compiled on.
+    pub fn with_limits(mut self, limits: Limits, cel_pool: CelPool) -> Self {
+        self.limits = limits;
+        self.cel_pool = cel_pool;
+        self
+    }
+
+    /// Agent nodes must name an agent of the pipeline's owner when the definition is stored.
+    pub fn with_agents(mut self, agents: Arc<dyn AgentRepository>) -> Self {
+        self.agents = Some(agents);
+        self
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Validates name/description problems and the definition together, reporting every problem
+    /// at once: the static checks inline (linear, counts first), condition compiles on the CEL
+    /// pool, agent ownership through the agent repository.
+    async fn validate_all(
+        &self,
+        owner_id: Uuid,
+        mut problems: Vec<FieldProblem>,
+        def: &PipelineDefinition,
+    ) -> Result<(), PipelineError> {
+        let mut checked = check_static(def, self.known_tools.as_deref(), &self.limits);
+        problems.append(&mut checked.problems);
+        checked.problems = problems;
+        if def.nodes.len() > self.limits.max_nodes || def.edges.len() > self.limits.max_edges {
+            return checked.finish(Vec::new());
+        }
+        let conditions = std::mem::take(&mut checked.conditions);
+        let compile = if conditions.is_empty() {
+            Vec::new()
+        } else {
+            let at: Vec<usize> = conditions.iter().map(|(i, _)| *i).collect();
+            match self
+                .cel_pool
+                .run(self.limits.compile_budget, move || {
+                    compile_conditions(&conditions)
+                })
+                .await
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    let why = match e {
+                        PoolError::TimedOut => "could not be checked in time; try again".to_owned(),
+                        PoolError::Failed(e) => format!("could not be checked: {e}"),
+                    };
+                    at.into_iter()
+                        .map(|i| {
+                            FieldProblem::new(format!("/nodes/{i}/config/expression"), why.clone())
+                        })
+                        .collect()
+                }
+            }
+        };
+        let mut problems = compile;
+        problems.extend(self.check_agents(owner_id, def).await?);
+        checked.finish(problems)
+    }
+
+    /// Agent nodes naming an agent the owner does not have (another user's, or none) — the
+    /// same answer for both, so the check reveals nothing about other users' agents.
+    async fn check_agents(
+        &self,
+        owner_id: Uuid,
+        def: &PipelineDefinition,
+    ) -> Result<Vec<FieldProblem>, PipelineError> {
+        let Some(agents) = &self.agents else {
+            return Ok(Vec::new());
+        };
+        let mut known: std::collections::HashMap<Uuid, bool> = std::collections::HashMap::new();
+        let mut problems = Vec::new();
+        for (i, node) in def.nodes.iter().enumerate() {
+            if node.kind() != Some(NodeType::Agent) {
+                continue;
+            }
+            let Some(id) = node
+                .config
+                .get("agent_id")
+                .and_then(Value::as_str)
+                .and_then(|s| Uuid::parse_str(s).ok())
+            else {
+                continue; // reported by the static check
+            };
+            let exists = match known.get(&id) {
+                Some(e) => *e,
+                None => {
+                    let e = agents.get_agent(owner_id, id).await?.is_some();
+                    known.insert(id, e);
+                    e
+                }
+            };
+            if !exists {
+                problems.push(FieldProblem::new(
+                    format!("/nodes/{i}/config/agent_id"),
+                    "no such agent",
+                ));
+            }
+        }
+        Ok(problems)
     }
 
     /// Refuse action nodes naming a tool outside `names` when a definition is stored.
@@ -134,7 +218,8 @@ impl PipelineService {
         let mut problems = Vec::new();
         check_name(&new.name, &mut problems);
         check_description(&new.description, &mut problems);
-        validate_all(problems, &new.definition, self.known_tools.as_deref())?;
+        self.validate_all(owner_id, problems, &new.definition)
+            .await?;
         Ok(self
             .pipelines
             .create(
@@ -190,7 +275,7 @@ impl PipelineService {
                 if let Some(t) = patch.timeout_ms {
                     def.timeout_ms = t;
                 }
-                validate_all(problems, &def, self.known_tools.as_deref())?;
+                self.validate_all(owner_id, problems, &def).await?;
                 Some(def)
             } else {
                 if !problems.is_empty() {

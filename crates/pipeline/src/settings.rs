@@ -1,7 +1,10 @@
 //! The `[pipeline]` configuration section (`GATHERING__PIPELINE__*`), mapped onto
 //! [`ExecutorConfig`].
 
+use crate::condition::CelLimits;
 use crate::executor::ExecutorConfig;
+use crate::limits::Limits;
+use crate::pool::CelPool;
 use serde::Deserialize;
 use std::time::Duration;
 
@@ -24,7 +27,8 @@ pub struct PipelineSettings {
     pub rescue_interval_secs: u64,
     /// `GATHERING__PIPELINE__POLL_INTERVAL_MS`: look for due timers / missed NOTIFYs this often.
     pub poll_interval_ms: u64,
-    /// `GATHERING__PIPELINE__MAX_RESCUES`: rescues before a run is failed as `abandoned`.
+    /// `GATHERING__PIPELINE__MAX_RESCUES`: interrupted executions (expired lease, or a graceful
+    /// stop with nodes in flight) before a run is failed as `crash_loop`.
     pub max_rescues: u32,
     /// `GATHERING__PIPELINE__NODE_TIMEOUT_SECS`: default timeout of a node attempt.
     pub node_timeout_secs: u64,
@@ -32,6 +36,42 @@ pub struct PipelineSettings {
     /// waiting for the WAL flush (faster; a database crash may re-run the last few finished
     /// nodes, with their idempotency keys). Off by default.
     pub async_node_commits: bool,
+    /// `GATHERING__PIPELINE__MAX_NODES`: nodes per definition.
+    pub max_nodes: usize,
+    /// `GATHERING__PIPELINE__MAX_EDGES`: edges per definition.
+    pub max_edges: usize,
+    /// `GATHERING__PIPELINE__MAX_NODE_CONFIG_BYTES`: serialized bytes of one node's config.
+    pub max_node_config_bytes: usize,
+    /// `GATHERING__PIPELINE__MAX_DEFINITION_BYTES`: bytes of a POST/PATCH /pipelines body.
+    pub max_definition_bytes: usize,
+    /// `GATHERING__PIPELINE__CEL_MAX_LENGTH`: bytes of a condition expression.
+    pub cel_max_length: usize,
+    /// `GATHERING__PIPELINE__CEL_MAX_NESTING`: bracket nesting of a condition.
+    pub cel_max_nesting: usize,
+    /// `GATHERING__PIPELINE__CEL_MAX_OPERANDS`
+    pub cel_max_operands: usize,
+    /// `GATHERING__PIPELINE__CEL_MAX_OPERATORS`
+    pub cel_max_operators: usize,
+    /// `GATHERING__PIPELINE__CEL_MAX_COMPREHENSION_DEPTH`: 1 = no comprehension inside another.
+    pub cel_max_comprehension_depth: usize,
+    /// `GATHERING__PIPELINE__CEL_MAX_MACROS`: comprehension macros per condition.
+    pub cel_max_macros: usize,
+    /// `GATHERING__PIPELINE__CEL_MAX_LITERAL_ITEMS`: items of one list/map literal.
+    pub cel_max_literal_items: usize,
+    /// `GATHERING__PIPELINE__CONDITION_BUDGET_MS`: longest a condition may evaluate.
+    pub condition_budget_ms: u64,
+    /// `GATHERING__PIPELINE__CEL_THREADS`: CEL compiles/evaluations at once (abandoned included).
+    pub cel_threads: usize,
+    /// `GATHERING__PIPELINE__MAX_TEMPLATE_REFS`: `{{…}}` references per node.
+    pub max_template_refs: usize,
+    /// `GATHERING__PIPELINE__MAX_RENDERED_BYTES`: rendered params/prompt of one node.
+    pub max_rendered_bytes: usize,
+    /// `GATHERING__PIPELINE__MAX_OUTPUT_DEPTH`: nesting of a node output.
+    pub max_output_depth: usize,
+    /// `GATHERING__PIPELINE__MAX_OUTPUT_BYTES`: serialized bytes of a node output.
+    pub max_output_bytes: usize,
+    /// `GATHERING__PIPELINE__MAX_RUN_OUTPUT_BYTES`: serialized bytes of a run output.
+    pub max_run_output_bytes: usize,
 }
 
 impl Default for PipelineSettings {
@@ -49,11 +89,60 @@ impl Default for PipelineSettings {
             max_rescues: d.max_rescues,
             node_timeout_secs: d.default_node_timeout.as_secs(),
             async_node_commits: false,
+            max_nodes: d.limits.max_nodes,
+            max_edges: d.limits.max_edges,
+            max_node_config_bytes: d.limits.max_node_config_bytes,
+            max_definition_bytes: d.limits.max_definition_bytes,
+            cel_max_length: d.limits.cel.max_len,
+            cel_max_nesting: d.limits.cel.max_nesting,
+            cel_max_operands: d.limits.cel.max_operands,
+            cel_max_operators: d.limits.cel.max_operators,
+            cel_max_comprehension_depth: d.limits.cel.max_comprehension_depth,
+            cel_max_macros: d.limits.cel.max_macros,
+            cel_max_literal_items: d.limits.cel.max_literal_items,
+            condition_budget_ms: d.limits.condition_budget.as_millis() as u64,
+            cel_threads: d.cel_pool.threads(),
+            max_template_refs: d.limits.max_template_refs,
+            max_rendered_bytes: d.limits.max_rendered_bytes,
+            max_output_depth: d.limits.max_output_depth,
+            max_output_bytes: d.limits.max_output_bytes,
+            max_run_output_bytes: d.limits.max_run_output_bytes,
         }
     }
 }
 
 impl PipelineSettings {
+    /// The limits on definitions, conditions, templates and outputs.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_nodes: self.max_nodes.max(1),
+            max_edges: self.max_edges,
+            max_node_config_bytes: self.max_node_config_bytes.max(2),
+            max_definition_bytes: self.max_definition_bytes.max(1024),
+            cel: CelLimits {
+                max_len: self.cel_max_length.max(1),
+                max_nesting: self.cel_max_nesting.max(1),
+                max_operands: self.cel_max_operands.max(1),
+                max_operators: self.cel_max_operators,
+                max_comprehension_depth: self.cel_max_comprehension_depth,
+                max_macros: self.cel_max_macros,
+                max_literal_items: self.cel_max_literal_items.max(1),
+            },
+            condition_budget: Duration::from_millis(self.condition_budget_ms.max(1)),
+            max_template_refs: self.max_template_refs,
+            max_rendered_bytes: self.max_rendered_bytes.max(2),
+            max_output_depth: self.max_output_depth.max(1),
+            max_output_bytes: self.max_output_bytes.max(4),
+            max_run_output_bytes: self.max_run_output_bytes.max(4),
+            ..Limits::default()
+        }
+    }
+
+    /// The bounded pool CEL compiles and evaluations run on; share one per process.
+    pub fn cel_pool(&self) -> CelPool {
+        CelPool::new(self.cel_threads)
+    }
+
     /// The executor configuration; `drain_timeout` is the server's shutdown timeout.
     pub fn executor_config(&self, drain_timeout: Duration) -> ExecutorConfig {
         let lease = self.lease_secs.max(1);
@@ -72,6 +161,8 @@ impl PipelineSettings {
             max_rescues: self.max_rescues,
             default_node_timeout: Duration::from_secs(self.node_timeout_secs.max(1)),
             drain_timeout,
+            limits: self.limits(),
+            cel_pool: self.cel_pool(),
             ..ExecutorConfig::default()
         }
     }

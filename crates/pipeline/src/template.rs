@@ -111,76 +111,183 @@ pub struct TemplateContext<'a> {
 }
 
 impl TemplateContext<'_> {
-    fn lookup(&self, r: &TemplateRef) -> Value {
+    fn lookup(&self, r: &TemplateRef) -> Option<&Value> {
         let (root, path) = match r {
             TemplateRef::Input(path) => (Some(self.input), path),
             TemplateRef::Node { id, path } => (self.outputs.get(id), path),
         };
-        let mut cur = match root {
-            Some(v) => v,
-            None => return Value::Null,
-        };
+        let mut cur = root?;
         for seg in path {
-            let next = match cur {
-                Value::Object(m) => m.get(seg),
-                Value::Array(a) => seg.parse::<usize>().ok().and_then(|i| a.get(i)),
-                _ => None,
+            cur = match cur {
+                Value::Object(m) => m.get(seg)?,
+                Value::Array(a) => seg.parse::<usize>().ok().and_then(|i| a.get(i))?,
+                _ => return None,
             };
-            match next {
-                Some(v) => cur = v,
-                None => return Value::Null,
+        }
+        Some(cur)
+    }
+}
+
+/// Why rendering failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RenderError {
+    /// A malformed template.
+    Malformed(String),
+    /// The rendered result would exceed this many bytes; rendering stopped there.
+    TooLarge(usize),
+}
+
+impl std::fmt::Display for RenderError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RenderError::Malformed(e) => f.write_str(e),
+            RenderError::TooLarge(max) => {
+                write!(f, "the rendered parameters exceed {max} bytes")
             }
         }
-        cur.clone()
+    }
+}
+
+/// Bytes rendered so far against the bound; every piece is measured before it is copied.
+struct Meter {
+    used: usize,
+    max: usize,
+}
+
+impl Meter {
+    fn add(&mut self, n: usize) -> Result<(), RenderError> {
+        self.used = self.used.saturating_add(n);
+        if self.used > self.max {
+            return Err(RenderError::TooLarge(self.max));
+        }
+        Ok(())
+    }
+    /// Measures `v` against what is left (stopping early) and counts it.
+    fn add_value(&mut self, v: &Value) -> Result<(), RenderError> {
+        let left = self.max.saturating_sub(self.used);
+        match crate::limits::json_size_within(v, left) {
+            Some(n) => self.add(n),
+            None => Err(RenderError::TooLarge(self.max)),
+        }
     }
 }
 
 /// Renders every string in `value`; `Err` names a malformed template.
 pub fn render(value: &Value, ctx: &TemplateContext<'_>) -> Result<Value, String> {
+    render_bounded(value, ctx, usize::MAX).map_err(|e| e.to_string())
+}
+
+/// [`render`] with the rendered result bounded to `max_bytes` (about its JSON size): rendering
+/// stops as soon as the bound is passed.
+pub fn render_bounded(
+    value: &Value,
+    ctx: &TemplateContext<'_>,
+    max_bytes: usize,
+) -> Result<Value, RenderError> {
+    let mut meter = Meter {
+        used: 0,
+        max: max_bytes,
+    };
+    render_value(value, ctx, &mut meter)
+}
+
+fn render_value(
+    value: &Value,
+    ctx: &TemplateContext<'_>,
+    meter: &mut Meter,
+) -> Result<Value, RenderError> {
     Ok(match value {
-        Value::String(s) => render_str_value(s, ctx)?,
-        Value::Array(items) => Value::Array(
-            items
-                .iter()
-                .map(|v| render(v, ctx))
-                .collect::<Result<_, _>>()?,
-        ),
+        Value::String(s) => render_str_value(s, ctx, meter)?,
+        Value::Array(items) => {
+            meter.add(2 + items.len())?;
+            Value::Array(
+                items
+                    .iter()
+                    .map(|v| render_value(v, ctx, meter))
+                    .collect::<Result<_, _>>()?,
+            )
+        }
         Value::Object(map) => {
+            meter.add(2)?;
             let mut out = serde_json::Map::with_capacity(map.len());
             for (k, v) in map {
-                out.insert(k.clone(), render(v, ctx)?);
+                meter.add(k.len() + 4)?;
+                out.insert(k.clone(), render_value(v, ctx, meter)?);
             }
             Value::Object(out)
         }
-        other => other.clone(),
+        other => {
+            meter.add_value(other)?;
+            other.clone()
+        }
     })
 }
 
-fn render_str_value(s: &str, ctx: &TemplateContext<'_>) -> Result<Value, String> {
+fn render_str_value(
+    s: &str,
+    ctx: &TemplateContext<'_>,
+    meter: &mut Meter,
+) -> Result<Value, RenderError> {
     if !s.contains("{{") {
+        meter.add(s.len() + 2)?;
         return Ok(Value::String(s.to_owned()));
     }
-    let segs = segments(s)?;
+    let segs = segments(s).map_err(RenderError::Malformed)?;
     if let [Segment::Ref(r)] = segs.as_slice() {
-        return Ok(ctx.lookup(&parse_ref(r)?));
+        let r = parse_ref(r).map_err(RenderError::Malformed)?;
+        return Ok(match ctx.lookup(&r) {
+            Some(v) => {
+                meter.add_value(v)?;
+                v.clone()
+            }
+            None => Value::Null,
+        });
     }
-    Ok(Value::String(render_text_segments(&segs, ctx)?))
+    meter.add(2)?;
+    Ok(Value::String(render_text_segments(&segs, ctx, meter)?))
 }
 
 /// Renders a string as text (used for agent prompts).
 pub fn render_text(s: &str, ctx: &TemplateContext<'_>) -> Result<String, String> {
-    render_text_segments(&segments(s)?, ctx)
+    render_text_bounded(s, ctx, usize::MAX).map_err(|e| e.to_string())
 }
 
-fn render_text_segments(segs: &[Segment<'_>], ctx: &TemplateContext<'_>) -> Result<String, String> {
+/// [`render_text`] bounded to `max_bytes`; stops as soon as the bound is passed.
+pub fn render_text_bounded(
+    s: &str,
+    ctx: &TemplateContext<'_>,
+    max_bytes: usize,
+) -> Result<String, RenderError> {
+    let mut meter = Meter {
+        used: 0,
+        max: max_bytes,
+    };
+    let segs = segments(s).map_err(RenderError::Malformed)?;
+    render_text_segments(&segs, ctx, &mut meter)
+}
+
+fn render_text_segments(
+    segs: &[Segment<'_>],
+    ctx: &TemplateContext<'_>,
+    meter: &mut Meter,
+) -> Result<String, RenderError> {
     let mut out = String::new();
     for seg in segs {
         match seg {
-            Segment::Text(t) => out.push_str(t),
-            Segment::Ref(r) => match ctx.lookup(&parse_ref(r)?) {
-                Value::Null => {}
-                Value::String(s) => out.push_str(&s),
-                other => out.push_str(&other.to_string()),
+            Segment::Text(t) => {
+                meter.add(t.len())?;
+                out.push_str(t);
+            }
+            Segment::Ref(r) => match ctx.lookup(&parse_ref(r).map_err(RenderError::Malformed)?) {
+                None | Some(Value::Null) => {}
+                Some(Value::String(s)) => {
+                    meter.add(s.len())?;
+                    out.push_str(s);
+                }
+                Some(other) => {
+                    meter.add_value(other)?;
+                    out.push_str(&other.to_string());
+                }
             },
         }
     }
@@ -270,5 +377,55 @@ mod tests {
                 path: vec!["id".into()]
             }
         );
+    }
+
+    #[test]
+    fn fan_out_rendering_stops_at_the_bound() {
+        let input = json!({"x": "y".repeat(250 * 1024)});
+        let outputs = HashMap::new();
+        let ctx = TemplateContext {
+            input: &input,
+            outputs: &outputs,
+        };
+        let params: Value = Value::Array(vec![json!("{{input.x}}"); 2000]);
+        let e = render_bounded(&params, &ctx, 1024 * 1024).unwrap_err();
+        assert_eq!(e, RenderError::TooLarge(1024 * 1024));
+        let prompt = "{{input.x}} ".repeat(2000);
+        assert!(matches!(
+            render_text_bounded(&prompt, &ctx, 1024 * 1024),
+            Err(RenderError::TooLarge(_))
+        ));
+        // Under the bound it renders as before.
+        let ok = render_bounded(&json!({"a": "{{input.x}}"}), &ctx, 1024 * 1024).unwrap();
+        assert_eq!(ok["a"].as_str().unwrap().len(), 250 * 1024);
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(128))]
+
+            #[test]
+            fn arbitrary_template_strings_never_panic(s in "(\\{\\{|\\}\\}|[a-z.0-9 ]|input|nodes|output|\\PC){0,300}") {
+                let (input, outputs) = ctx_fixture();
+                let ctx = TemplateContext { input: &input, outputs: &outputs };
+                let _ = references(&Value::String(s.clone()));
+                let _ = render_bounded(&Value::String(s.clone()), &ctx, 4096);
+                let _ = render_text_bounded(&s, &ctx, 4096);
+            }
+
+            #[test]
+            fn deeply_nested_params_render_within_the_bound(depth in 1usize..120) {
+                let (input, outputs) = ctx_fixture();
+                let ctx = TemplateContext { input: &input, outputs: &outputs };
+                let mut v = json!("{{input.user}}");
+                for _ in 0..depth {
+                    v = json!([v]);
+                }
+                let _ = render_bounded(&v, &ctx, 1 << 20);
+            }
+        }
     }
 }

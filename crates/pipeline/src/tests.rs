@@ -680,7 +680,7 @@ async fn after_a_crash_completed_nodes_are_not_rerun_and_the_mid_flight_node_rer
 }
 
 #[tokio::test]
-async fn runs_rescued_too_often_are_abandoned() {
+async fn runs_rescued_too_often_fail_as_crash_loop() {
     let h = harness_with(
         true,
         ExecutorConfig {
@@ -711,7 +711,7 @@ async fn runs_rescued_too_often_are_abandoned() {
     }
     let d = h.detail(run).await;
     assert_eq!(d.run.status, RunStatus::Failed);
-    assert_eq!(d.run.error.unwrap().code, "abandoned");
+    assert_eq!(d.run.error.unwrap().code, "crash_loop");
 }
 
 /// Lets an instance run `run` until a node blocks in `fragile`/`slow`, kills the instance
@@ -1172,4 +1172,343 @@ async fn node_executions_per_instance_are_capped_across_runs() {
     let max = h.tools.max_in_flight.load(Ordering::SeqCst);
     assert!(max <= 3, "{max} node executions at once with a cap of 3");
     assert!(max >= 2, "nodes did run concurrently ({max})");
+}
+
+/// A node that brings its host down: each time, the supervisor stops the instance gracefully
+/// (drain) but the node never finishes, so the drain abandons it. Those interruptions count like
+/// expired leases: past `max_rescues` the run fails as `crash_loop` instead of running again.
+#[tokio::test]
+async fn graceful_stops_that_abandon_in_flight_nodes_end_in_crash_loop() {
+    let h = harness_with(
+        false,
+        ExecutorConfig {
+            poll_interval: Duration::from_millis(20),
+            drain_timeout: Duration::from_millis(50),
+            max_rescues: 2,
+            ..cfg()
+        },
+        None,
+    );
+    // A generous attempt budget, so only the interruption count can stop the loop.
+    let mut node = action("s", "slow", json!({}));
+    node["retry"] = json!({"max_attempts": 10});
+    let run = h
+        .start(json!({"nodes": [node], "edges": []}), json!({}))
+        .await;
+    for i in 1..=3u32 {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let handle = harness_peer_live(&h, 2).spawn(shutdown.clone(), None);
+        tokio::time::timeout(LIMIT, h.tools.slow_started.notified())
+            .await
+            .unwrap();
+        shutdown.cancel();
+        tokio::time::timeout(LIMIT, handle).await.unwrap().unwrap();
+        assert_eq!(h.store.lease_owner(run), None);
+        assert_eq!(
+            h.store.rescue_count(run),
+            Some(i),
+            "interruption {i} counted"
+        );
+    }
+    // The next claim does not run the node again.
+    h.idle().await;
+    let d = h.detail(run).await;
+    assert_eq!(d.run.status, RunStatus::Failed);
+    assert_eq!(d.run.error.unwrap().code, "crash_loop");
+    assert_eq!(h.tools.count("slow"), 3);
+}
+
+/// Expired leases (the instance was killed) and graceful interruptions add up to one count.
+#[tokio::test]
+async fn killed_instances_and_interrupted_drains_count_together_toward_crash_loop() {
+    let h = harness_with(
+        true,
+        ExecutorConfig {
+            max_rescues: 1,
+            ..cfg()
+        },
+        None,
+    );
+    let run = h
+        .start(
+            json!({"nodes": [action("s", "slow", json!({}))], "edges": []}),
+            json!({}),
+        )
+        .await;
+    crash_mid_flight(&h, run).await;
+    assert_eq!(h.store.rescue_count(run), Some(1));
+    // Killed again: the rescuer itself fails it.
+    let exec = harness_peer(&h);
+    let crashed = tokio::spawn(async move { exec.run_until_idle().await });
+    tokio::time::timeout(LIMIT, h.tools.slow_started.notified())
+        .await
+        .unwrap();
+    crashed.abort();
+    let _ = crashed.await;
+    h.manual
+        .as_ref()
+        .unwrap()
+        .advance(chrono::Duration::seconds(31));
+    let report = h.exec.rescue_stale().await.unwrap();
+    assert_eq!(report.abandoned.len(), 1);
+    let d = h.detail(run).await;
+    assert_eq!(d.run.status, RunStatus::Failed);
+    assert_eq!(d.run.error.unwrap().code, "crash_loop");
+    assert!(
+        h.events
+            .0
+            .lock()
+            .iter()
+            .any(|e| e.kind == "run.finished" && e.data["error"]["code"] == "crash_loop")
+    );
+}
+
+/// An executor on the harness' store with the real clock and a short drain.
+fn harness_peer_live(h: &H, max_rescues: u32) -> Executor {
+    Executor::with_sleeper(
+        ExecutorDeps {
+            runs: h.store.clone(),
+            tools: h.tools.clone(),
+            agents: None,
+            events: h.events.clone(),
+            clock: Arc::new(SystemClock),
+        },
+        ExecutorConfig {
+            poll_interval: Duration::from_millis(20),
+            drain_timeout: Duration::from_millis(50),
+            max_rescues,
+            ..cfg()
+        },
+        h.sleeper.clone(),
+    )
+}
+
+fn slow_condition_cfg(budget_ms: u64) -> ExecutorConfig {
+    let mut c = cfg();
+    c.limits.condition_budget = Duration::from_millis(budget_ms);
+    c
+}
+
+/// ~1M comprehension steps (seconds in a debug build): allowed only with nesting enabled.
+fn slow_condition_pipeline() -> Value {
+    json!({"nodes": [{"id": "t", "type": "trigger"},
+                     {"id": "c", "type": "condition", "config": {"expression":
+                        "input.l.all(a, input.l.all(b, a + b >= 0))"}},
+                     action("after", "echo", json!({}))],
+           "edges": [{"from": "t", "to": "c"}, {"from": "c", "to": "after", "when": true}]})
+}
+
+fn slow_condition_harness(budget_ms: u64) -> H {
+    let mut c = slow_condition_cfg(budget_ms);
+    c.limits.cel.max_comprehension_depth = 2;
+    let mut h = harness_with(false, c.clone(), None);
+    h.svc = std::mem::replace(
+        &mut h.svc,
+        PipelineService::new(
+            h.store.clone(),
+            h.store.clone(),
+            h.events.clone(),
+            None,
+            Arc::new(SystemClock),
+        ),
+    )
+    .with_limits(c.limits.clone(), c.cel_pool.clone());
+    h
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_condition_over_its_budget_times_out_without_blocking_the_runtime() {
+    let h = slow_condition_harness(30);
+    let input = json!({"l": (0..1000).collect::<Vec<i64>>()});
+    let run = h.start(slow_condition_pipeline(), input).await;
+    // On a single-threaded runtime, a ticker keeps ticking while the condition evaluates: the
+    // evaluation is not on the runtime.
+    let ticks = Arc::new(AtomicU32::new(0));
+    let t = ticks.clone();
+    let ticker = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            t.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    h.idle().await;
+    ticker.abort();
+    assert!(
+        ticks.load(Ordering::SeqCst) >= 2,
+        "the runtime kept running"
+    );
+    let c = h.node(run, "c").await;
+    assert_eq!(c.status, NodeStatus::Failed);
+    assert_eq!(c.error.unwrap().code, "timed_out");
+    assert_eq!(h.detail(run).await.run.status, RunStatus::TimedOut);
+    assert_eq!(h.tools.count("echo"), 0);
+}
+
+#[tokio::test]
+async fn cancelling_a_run_abandons_its_condition_evaluation() {
+    let h = slow_condition_harness(60_000);
+    let input = json!({"l": (0..1000).collect::<Vec<i64>>()});
+    let run = h.start(slow_condition_pipeline(), input).await;
+    let exec = h.exec.clone();
+    let driving = tokio::spawn(async move { exec.run_until_idle().await });
+    tokio::time::timeout(LIMIT, async {
+        while h.node(run, "c").await.status != NodeStatus::Running {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap();
+    h.svc.cancel(h.owner, run).await.unwrap();
+    tokio::time::timeout(LIMIT, driving)
+        .await
+        .expect("the cancel does not wait for the evaluation")
+        .unwrap()
+        .unwrap();
+    assert_eq!(h.detail(run).await.run.status, RunStatus::Cancelled);
+}
+
+#[tokio::test]
+async fn nested_comprehensions_and_deep_conditions_are_refused_when_stored() {
+    let h = harness();
+    let deep = format!("{}true{}", "(".repeat(300), ")".repeat(300));
+    for expr in [
+        deep,
+        slow_condition_pipeline()["nodes"][1]["config"]["expression"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+    ] {
+        let definition: PipelineDefinition = serde_json::from_value(json!({
+            "nodes": [{"id": "t", "type": "trigger"}, {"id": "c", "type": "condition", "config": {"expression": expr}}],
+            "edges": [{"from": "t", "to": "c"}]
+        }))
+        .unwrap();
+        let err = h
+            .svc
+            .create(
+                h.owner,
+                CreatePipeline {
+                    name: "p".into(),
+                    description: None,
+                    definition,
+                },
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), "validation_failed");
+        assert_eq!(err.details()[0].field, "/nodes/1/config/expression");
+    }
+}
+
+#[tokio::test]
+async fn an_output_nested_too_deep_fails_the_node_and_is_not_stored() {
+    let h = harness();
+    let mut deep = json!(1);
+    for _ in 0..70 {
+        deep = json!({"d": deep});
+    }
+    let run = h
+        .start(
+            json!({"nodes": [action("e", "echo", json!({"v": deep}))], "edges": []}),
+            json!({}),
+        )
+        .await;
+    h.idle().await;
+    let e = h.node(run, "e").await;
+    assert_eq!(e.status, NodeStatus::Failed);
+    assert_eq!(e.error.unwrap().code, "output_too_deep");
+    assert!(e.output.is_none());
+    assert_eq!(h.detail(run).await.run.status, RunStatus::Failed);
+}
+
+#[tokio::test]
+async fn an_output_too_large_fails_the_node() {
+    let mut c = cfg();
+    c.limits.max_output_bytes = 1000;
+    let h = harness_with(false, c, None);
+    let run = h
+        .start(
+            json!({"nodes": [{"id": "t", "type": "trigger"}, action("e", "echo", json!({"v": "{{input.s}}"}))],
+                   "edges": [{"from": "t", "to": "e"}]}),
+            json!({"s": "x".repeat(500)}),
+        )
+        .await;
+    h.idle().await;
+    // The trigger's output (the input, ~510 bytes) fits; echo's fits too. Now a larger one:
+    assert_eq!(h.detail(run).await.run.status, RunStatus::Succeeded);
+    let run = h
+        .start(
+            json!({"nodes": [{"id": "t", "type": "trigger"}, action("e", "echo", json!({"v": "{{input.s}}", "w": "{{input.s}}"}))],
+                   "edges": [{"from": "t", "to": "e"}]}),
+            json!({"s": "x".repeat(600)}),
+        )
+        .await;
+    h.idle().await;
+    let e = h.node(run, "e").await;
+    assert_eq!(e.error.unwrap().code, "output_too_large");
+}
+
+#[tokio::test]
+async fn fan_out_params_fail_the_node_before_the_tool_is_called() {
+    let h = harness();
+    let params: serde_json::Map<String, Value> = (0..60)
+        .map(|i| (format!("k{i}"), json!("{{input.x}}")))
+        .collect();
+    let run = h
+        .start(
+            json!({"nodes": [{"id": "t", "type": "trigger"}, action("e", "echo", Value::Object(params))],
+                   "edges": [{"from": "t", "to": "e"}]}),
+            json!({"x": "y".repeat(100 * 1024)}),
+        )
+        .await;
+    h.idle().await;
+    let e = h.node(run, "e").await;
+    assert_eq!(e.status, NodeStatus::Failed);
+    assert_eq!(e.error.unwrap().code, "params_too_large");
+    assert_eq!(h.tools.count("echo"), 0);
+}
+
+#[tokio::test]
+async fn too_many_template_references_or_nodes_are_refused_when_stored() {
+    let h = harness();
+    let refs: Vec<Value> = (0..2000).map(|_| json!("{{input.x}}")).collect();
+    let definition: PipelineDefinition = serde_json::from_value(json!({
+        "nodes": [{"id": "t", "type": "trigger"}, action("e", "echo", json!({"list": refs}))],
+        "edges": [{"from": "t", "to": "e"}]
+    }))
+    .unwrap();
+    let err = h
+        .svc
+        .create(
+            h.owner,
+            CreatePipeline {
+                name: "p".into(),
+                description: None,
+                definition,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.details()[0].field, "/nodes/1/config/params");
+    let nodes: Vec<Value> = (0..12_000)
+        .map(|i| json!({"id": format!("n{i}"), "type": "parallel"}))
+        .collect();
+    let definition: PipelineDefinition =
+        serde_json::from_value(json!({"nodes": nodes, "edges": []})).unwrap();
+    let started = std::time::Instant::now();
+    let err = h
+        .svc
+        .create(
+            h.owner,
+            CreatePipeline {
+                name: "p".into(),
+                description: None,
+                definition,
+            },
+        )
+        .await
+        .unwrap_err();
+    let fields: Vec<String> = err.details().into_iter().map(|p| p.field).collect();
+    assert_eq!(fields, vec!["/nodes"]);
+    assert!(started.elapsed() < Duration::from_secs(5));
 }

@@ -3,6 +3,7 @@
 
 use crate::condition;
 use crate::error::PipelineError;
+use crate::limits::{Limits, json_size_within};
 use crate::template::{self, TemplateRef};
 use gathering_domain::FieldProblem;
 use gathering_domain::pipeline::{NodeType, PipelineDefinition};
@@ -12,15 +13,56 @@ use serde_json::Value;
 use std::collections::{HashMap, HashSet, VecDeque};
 use uuid::Uuid;
 
-pub const MAX_NODES: usize = 500;
-pub const MAX_EDGES: usize = 2000;
+/// Default node/edge caps; the effective ones are [`Limits::max_nodes`] / `max_edges`.
+pub const MAX_NODES: usize = 200;
+pub const MAX_EDGES: usize = 1000;
 pub const MAX_ID_LEN: usize = 64;
 /// Longest node or run timeout and delay: one day.
 pub const MAX_DURATION_MS: u64 = 24 * 60 * 60 * 1000;
 pub const MAX_ATTEMPTS: u32 = 10;
 pub const MAX_BACKOFF_MS: u64 = 60 * 60 * 1000;
 
-/// Validates the whole definition.
+/// The result of the static (synchronous, linear) part of validation.
+#[derive(Debug, Default)]
+pub struct StaticCheck {
+    pub problems: Vec<FieldProblem>,
+    /// The node ids on a cycle, if there is one.
+    pub cycle: Option<Vec<String>>,
+    /// Condition expressions that passed the scanner and still need a compile check
+    /// ([`compile_conditions`], on a big stack): (node index, expression).
+    pub conditions: Vec<(usize, String)>,
+}
+
+impl StaticCheck {
+    /// Adds the compile problems and answers the verdict.
+    pub fn finish(mut self, compile_problems: Vec<FieldProblem>) -> Result<(), PipelineError> {
+        self.problems.extend(compile_problems);
+        match self.cycle {
+            Some(nodes) => Err(PipelineError::Cycle {
+                nodes,
+                problems: self.problems,
+            }),
+            None if self.problems.is_empty() => Ok(()),
+            None => Err(PipelineError::Invalid(self.problems)),
+        }
+    }
+}
+
+/// Compiles the conditions [`check_static`] let through. Recursive inside cel-interpreter:
+/// run it on a big stack ([`crate::pool`]).
+pub fn compile_conditions(conditions: &[(usize, String)]) -> Vec<FieldProblem> {
+    conditions
+        .iter()
+        .filter_map(|(i, expr)| {
+            condition::compile_check(expr)
+                .err()
+                .map(|e| FieldProblem::new(format!("/nodes/{i}/config/expression"), e))
+        })
+        .collect()
+}
+
+/// Validates the whole definition with the default limits (the compile check runs on a fresh
+/// big-stack thread; for synchronous callers off the async runtime).
 pub fn validate(def: &PipelineDefinition) -> Result<(), PipelineError> {
     validate_with_tools(def, None)
 }
@@ -30,13 +72,10 @@ pub fn validate_with_tools(
     def: &PipelineDefinition,
     known_tools: Option<&HashSet<String>>,
 ) -> Result<(), PipelineError> {
-    let mut problems = Vec::new();
-    let cycle = check(def, known_tools, &mut problems);
-    match cycle {
-        Some(nodes) => Err(PipelineError::Cycle { nodes, problems }),
-        None if problems.is_empty() => Ok(()),
-        None => Err(PipelineError::Invalid(problems)),
-    }
+    let checked = check_static(def, known_tools, &Limits::default());
+    let compile = crate::pool::on_big_stack(|| compile_conditions(&checked.conditions))
+        .unwrap_or_else(|e| vec![FieldProblem::new("/nodes", format!("{e:?}"))]);
+    checked.finish(compile)
 }
 
 fn valid_id(id: &str) -> bool {
@@ -47,29 +86,36 @@ fn valid_id(id: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
-/// Collects problems; answers the ids on a cycle if there is one.
-fn check(
+/// Every check that needs no compiler, in O(nodes + edges + config bytes) (the upstream check
+/// uses ancestor bitsets, O((nodes + edges) · nodes / 64) with nodes bounded). Counts are
+/// checked first: over them, nothing else is looked at.
+pub fn check_static(
     def: &PipelineDefinition,
     known_tools: Option<&HashSet<String>>,
-    problems: &mut Vec<FieldProblem>,
-) -> Option<Vec<String>> {
+    limits: &Limits,
+) -> StaticCheck {
+    let mut out = StaticCheck::default();
+    let problems = &mut out.problems;
     if def.nodes.is_empty() {
         problems.push(FieldProblem::new(
             "/nodes",
             "must contain at least one node",
         ));
     }
-    if def.nodes.len() > MAX_NODES {
+    if def.nodes.len() > limits.max_nodes {
         problems.push(FieldProblem::new(
             "/nodes",
-            format!("at most {MAX_NODES} nodes"),
+            format!("at most {} nodes", limits.max_nodes),
         ));
     }
-    if def.edges.len() > MAX_EDGES {
+    if def.edges.len() > limits.max_edges {
         problems.push(FieldProblem::new(
             "/edges",
-            format!("at most {MAX_EDGES} edges"),
+            format!("at most {} edges", limits.max_edges),
         ));
+    }
+    if def.nodes.len() > limits.max_nodes || def.edges.len() > limits.max_edges {
+        return out;
     }
     if let Some(t) = def.timeout_ms
         && (t == 0 || t > MAX_DURATION_MS)
@@ -82,6 +128,7 @@ fn check(
 
     // Nodes: ids, types, configs, retry, timeouts.
     let mut index: HashMap<&str, usize> = HashMap::new();
+    let mut config_ok = vec![true; def.nodes.len()];
     for (i, node) in def.nodes.iter().enumerate() {
         let at = |f: &str| format!("/nodes/{i}/{f}");
         if !valid_id(&node.id) {
@@ -100,15 +147,25 @@ fn check(
         {
             problems.push(FieldProblem::new(at("name"), "at most 200 characters"));
         }
-        match node.kind() {
-            None => problems.push(FieldProblem::new(
-                at("type"),
-                format!(
-                    "unknown node type `{}`; expected one of trigger, agent, condition, action, parallel, delay",
-                    node.node_type
-                ),
-            )),
-            Some(kind) => check_config(kind, &node.config, i, known_tools, problems),
+        if json_size_within(&node.config, limits.max_node_config_bytes).is_none() {
+            problems.push(FieldProblem::new(
+                at("config"),
+                format!("at most {} bytes", limits.max_node_config_bytes),
+            ));
+            config_ok[i] = false;
+        } else {
+            match node.kind() {
+                None => problems.push(FieldProblem::new(
+                    at("type"),
+                    format!(
+                        "unknown node type `{}`; expected one of trigger, agent, condition, action, parallel, delay",
+                        node.node_type
+                    ),
+                )),
+                Some(kind) => {
+                    check_config(kind, &node.config, i, known_tools, limits, &mut out.conditions, problems)
+                }
+            }
         }
         if let Some(t) = node.timeout_ms
             && (t == 0 || t > MAX_DURATION_MS)
@@ -151,6 +208,7 @@ fn check(
     let gidx: Vec<NodeIndex> = (0..def.nodes.len()).map(|i| graph.add_node(i)).collect();
     let mut seen_edges = HashSet::new();
     let mut preds: Vec<Vec<usize>> = vec![Vec::new(); def.nodes.len()];
+    let mut self_loop = vec![false; def.nodes.len()];
     for (e, edge) in def.edges.iter().enumerate() {
         let from = index.get(edge.from.as_str()).copied();
         let to = index.get(edge.to.as_str()).copied();
@@ -185,13 +243,15 @@ fn check(
             }
             graph.add_edge(gidx[f], gidx[t], ());
             preds[t].push(f);
+            if f == t {
+                self_loop[f] = true;
+            }
         }
     }
 
     // Cycles: every strongly connected component with more than one node, or a self-loop.
-    let mut cycle: Option<Vec<String>> = None;
     for scc in tarjan_scc(&graph) {
-        let is_cycle = scc.len() > 1 || scc.iter().any(|n| graph.contains_edge(*n, *n));
+        let is_cycle = scc.len() > 1 || scc.iter().any(|n| self_loop[graph[*n]]);
         if is_cycle {
             let mut members: Vec<usize> = scc.iter().map(|n| graph[*n]).collect();
             members.sort_unstable();
@@ -200,22 +260,45 @@ fn check(
                 "/edges",
                 format!("cycle through nodes {}", ids.join(", ")),
             ));
-            if cycle.is_none() {
-                cycle = Some(ids);
+            if out.cycle.is_none() {
+                out.cycle = Some(ids);
             }
         }
     }
 
-    // Templates and conditions may only reference upstream nodes.
+    // Templates and conditions may only reference upstream nodes (checked on an acyclic graph).
+    let ancestors = if out.cycle.is_none() {
+        Some(Ancestors::of(&preds))
+    } else {
+        None
+    };
     for (i, node) in def.nodes.iter().enumerate() {
-        let upstream = ancestors(i, &preds);
-        let upstream_ids: HashSet<&str> =
-            upstream.iter().map(|a| def.nodes[*a].id.as_str()).collect();
+        if !config_ok[i] {
+            continue;
+        }
+        let is_upstream = |id: &str| {
+            match (&ancestors, index.get(id)) {
+                (Some(a), Some(&j)) => a.contains(i, j),
+                (None, Some(_)) => true, // unknown on a cyclic graph: the cycle is reported
+                (_, None) => false,
+            }
+        };
         let mut check_refs = |base: String, value: &Value| {
-            for (ptr, r) in template::references(value) {
+            let refs = template::references(value);
+            if refs.len() > limits.max_template_refs {
+                problems.push(FieldProblem::new(
+                    base,
+                    format!(
+                        "at most {} template references per node",
+                        limits.max_template_refs
+                    ),
+                ));
+                return;
+            }
+            for (ptr, r) in refs {
                 match r {
                     Err(e) => problems.push(FieldProblem::new(format!("{base}{ptr}"), e)),
-                    Ok(TemplateRef::Node { id, .. }) if !upstream_ids.contains(id.as_str()) => {
+                    Ok(TemplateRef::Node { id, .. }) if !is_upstream(&id) => {
                         problems.push(FieldProblem::new(
                             format!("{base}{ptr}"),
                             if index.contains_key(id.as_str()) {
@@ -244,10 +327,10 @@ fn check(
             }
             Some(NodeType::Condition) => {
                 if let Some(Value::String(expr)) = node.config.get("expression")
-                    && let Ok(ids) = condition::check(expr)
+                    && let Ok(ids) = condition::check_static(expr, &limits.cel)
                 {
                     for id in ids {
-                        if !upstream_ids.contains(id.as_str()) {
+                        if !is_upstream(&id) {
                             problems.push(FieldProblem::new(
                                 format!("/nodes/{i}/config/expression"),
                                 format!(
@@ -261,20 +344,53 @@ fn check(
             _ => {}
         }
     }
-    cycle
+    out
 }
 
-/// Every node from which `node` can be reached.
-fn ancestors(node: usize, preds: &[Vec<usize>]) -> HashSet<usize> {
-    let mut seen = HashSet::new();
-    let mut queue: VecDeque<usize> = preds[node].iter().copied().collect();
-    while let Some(n) = queue.pop_front() {
-        if seen.insert(n) {
-            queue.extend(preds[n].iter().copied());
+/// Ancestor sets of every node of an acyclic graph as bitsets, built in topological order.
+struct Ancestors {
+    words: usize,
+    bits: Vec<u64>,
+}
+
+impl Ancestors {
+    fn of(preds: &[Vec<usize>]) -> Self {
+        let n = preds.len();
+        let words = n.div_ceil(64).max(1);
+        let mut bits = vec![0u64; n * words];
+        // Kahn's algorithm over the predecessor lists.
+        let mut succs: Vec<Vec<usize>> = vec![Vec::new(); n];
+        let mut indeg = vec![0usize; n];
+        for (t, ps) in preds.iter().enumerate() {
+            for &p in ps {
+                succs[p].push(t);
+                indeg[t] += 1;
+            }
         }
+        let mut queue: VecDeque<usize> = (0..n).filter(|&v| indeg[v] == 0).collect();
+        while let Some(v) = queue.pop_front() {
+            for &p in &preds[v] {
+                for w in 0..words {
+                    bits[v * words + w] |= bits[p * words + w];
+                }
+                bits[v * words + p / 64] |= 1 << (p % 64);
+            }
+            for &s in &succs[v] {
+                indeg[s] -= 1;
+                if indeg[s] == 0 {
+                    queue.push_back(s);
+                }
+            }
+        }
+        Self { words, bits }
     }
-    seen.remove(&node);
-    seen
+
+    /// True when `j` is an ancestor of `i`.
+    fn contains(&self, i: usize, j: usize) -> bool {
+        self.bits
+            .get(i * self.words + j / 64)
+            .is_some_and(|w| w & (1 << (j % 64)) != 0)
+    }
 }
 
 fn check_config(
@@ -282,6 +398,8 @@ fn check_config(
     config: &Value,
     i: usize,
     known_tools: Option<&HashSet<String>>,
+    limits: &Limits,
+    conditions: &mut Vec<(usize, String)>,
     problems: &mut Vec<FieldProblem>,
 ) {
     let base = format!("/nodes/{i}/config");
@@ -350,11 +468,10 @@ fn check_config(
             }
         }
         NodeType::Condition => match obj.get("expression") {
-            Some(Value::String(expr)) => {
-                if let Err(e) = condition::check(expr) {
-                    problems.push(FieldProblem::new(format!("{base}/expression"), e));
-                }
-            }
+            Some(Value::String(expr)) => match condition::scan(expr, &limits.cel) {
+                Ok(()) => conditions.push((i, expr.clone())),
+                Err(e) => problems.push(FieldProblem::new(format!("{base}/expression"), e)),
+            },
             _ => problems.push(FieldProblem::new(
                 format!("{base}/expression"),
                 "must be a CEL expression (string)",

@@ -44,13 +44,70 @@ fn pipeline_from_row(row: &Row) -> Result<Pipeline, RepoError> {
     })
 }
 
-const RUN_COLS: &str = "r.id, r.pipeline_id, r.pipeline_version, r.owner_id, r.status, r.input, \
-                        r.output, r.error, r.created_at, r.started_at, r.finished_at, \
-                        r.deadline_at, r.cancel_requested";
+// JSON documents a run produced are read as text and decoded with a depth guard
+// ([`stored_json`]): a value nested deeper than serde_json's recursion limit (stored before
+// outputs were bounded) must not make a run, or the pipeline's whole run list, unreadable.
+const RUN_COLS: &str = "r.id, r.pipeline_id, r.pipeline_version, r.owner_id, r.status, \
+                        r.input::text AS input, r.output::text AS output, r.error::text AS error, \
+                        r.created_at, r.started_at, r.finished_at, r.deadline_at, \
+                        r.cancel_requested";
 
-fn run_error(v: Option<Value>, column: &'static str) -> Result<Option<RunError>, RepoError> {
-    v.map(|v| serde_json::from_value(v).map_err(|e| invalid(column, e.to_string())))
-        .transpose()
+/// Deepest stored document decoded as it is (serde_json's own limit is 128).
+const MAX_STORED_DEPTH: usize = 120;
+
+/// Nesting depth of a JSON text (strings skipped); linear, no recursion.
+fn json_text_depth(text: &str) -> usize {
+    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for b in text.bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
+/// Decodes a stored JSON text; a document that cannot be decoded (too deep, or invalid) reads
+/// as an `{"error": {"code": "unreadable_value", …}}` marker instead of failing the request.
+fn stored_json(text: Option<String>, column: &str) -> Option<Value> {
+    let text = text?;
+    let problem = if json_text_depth(&text) > MAX_STORED_DEPTH {
+        format!("the stored {column} is nested deeper than {MAX_STORED_DEPTH} levels")
+    } else {
+        match serde_json::from_str(&text) {
+            Ok(v) => return Some(v),
+            Err(e) => format!("the stored {column} cannot be decoded: {e}"),
+        }
+    };
+    tracing::warn!(column, "{problem}");
+    Some(serde_json::json!({"error": {"code": "unreadable_value", "message": problem}}))
+}
+
+fn run_error(v: Option<String>, column: &'static str) -> Option<RunError> {
+    let text = v?;
+    if json_text_depth(&text) <= MAX_STORED_DEPTH
+        && let Ok(e) = serde_json::from_str::<RunError>(&text)
+    {
+        return Some(e);
+    }
+    Some(RunError::new(
+        "unreadable_value",
+        format!("the stored {column} cannot be decoded"),
+    ))
 }
 
 fn run_from_row(row: &Row) -> Result<Run, RepoError> {
@@ -61,9 +118,10 @@ fn run_from_row(row: &Row) -> Result<Run, RepoError> {
         pipeline_version: row.try_get("pipeline_version").map_err(db_err)?,
         owner_id: row.try_get("owner_id").map_err(db_err)?,
         status: RunStatus::parse(status).ok_or_else(|| invalid("runs.status", status))?,
-        input: row.try_get("input").map_err(db_err)?,
-        output: row.try_get("output").map_err(db_err)?,
-        error: run_error(row.try_get("error").map_err(db_err)?, "runs.error")?,
+        input: stored_json(row.try_get("input").map_err(db_err)?, "runs.input")
+            .unwrap_or(Value::Null),
+        output: stored_json(row.try_get("output").map_err(db_err)?, "runs.output"),
+        error: run_error(row.try_get("error").map_err(db_err)?, "runs.error"),
         created_at: row.try_get("created_at").map_err(db_err)?,
         started_at: row.try_get("started_at").map_err(db_err)?,
         finished_at: row.try_get("finished_at").map_err(db_err)?,
@@ -72,8 +130,8 @@ fn run_from_row(row: &Row) -> Result<Run, RepoError> {
     })
 }
 
-const NODE_COLS: &str =
-    "run_id, node_id, status, attempts, output, error, started_at, finished_at, wake_at";
+const NODE_COLS: &str = "run_id, node_id, status, attempts, output::text AS output, \
+                         error::text AS error, started_at, finished_at, wake_at";
 
 fn node_from_row(row: &Row) -> Result<NodeRun, RepoError> {
     let status: &str = row.try_get("status").map_err(db_err)?;
@@ -81,12 +139,29 @@ fn node_from_row(row: &Row) -> Result<NodeRun, RepoError> {
         node_id: row.try_get("node_id").map_err(db_err)?,
         status: NodeStatus::parse(status).ok_or_else(|| invalid("node_runs.status", status))?,
         attempts: row.try_get("attempts").map_err(db_err)?,
-        output: row.try_get("output").map_err(db_err)?,
-        error: run_error(row.try_get("error").map_err(db_err)?, "node_runs.error")?,
+        output: stored_json(row.try_get("output").map_err(db_err)?, "node_runs.output"),
+        error: run_error(row.try_get("error").map_err(db_err)?, "node_runs.error"),
         started_at: row.try_get("started_at").map_err(db_err)?,
         finished_at: row.try_get("finished_at").map_err(db_err)?,
         wake_at: row.try_get("wake_at").map_err(db_err)?,
     })
+}
+
+#[cfg(test)]
+mod decode_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn documents_deeper_than_serde_can_read_decode_to_a_marker() {
+        let deep = format!("{}1{}", "[".repeat(5000), "]".repeat(5000));
+        let v = stored_json(Some(deep), "node_runs.output").unwrap();
+        assert_eq!(v["error"]["code"], "unreadable_value");
+        let ok = stored_json(Some(r#"{"a": "[[[[[[", "b": [1]}"#.into()), "x").unwrap();
+        assert_eq!(ok["b"][0], 1);
+        assert_eq!(json_text_depth(r#"{"a": "[[\"[[[", "b": [1]}"#), 2);
+        assert!(run_error(Some("{".repeat(300)), "runs.error").is_some());
+    }
 }
 
 #[derive(Clone)]
@@ -401,7 +476,7 @@ impl RunRepository for PgRunRepository {
                              $1 + r.timeout_ms * interval '1 millisecond')
                      FROM c WHERE r.id = c.id
                      RETURNING r.*, c.first_start)
-                 SELECT {RUN_COLS}, r.first_start, v.definition
+                 SELECT {RUN_COLS}, r.first_start, r.rescue_count, v.definition
                  FROM r JOIN pipeline.pipeline_versions v
                    ON v.pipeline_id = r.pipeline_id AND v.version = r.pipeline_version"
             ))
@@ -424,6 +499,8 @@ impl RunRepository for PgRunRepository {
                 definition,
                 nodes: Vec::new(),
                 first_start: row.try_get("first_start").map_err(db_err)?,
+                rescue_count: u32::try_from(row.try_get::<_, i32>("rescue_count").map_err(db_err)?)
+                    .unwrap_or(0),
             });
         }
         // Node states of the runs that already started (resume).
@@ -494,10 +571,14 @@ impl RunRepository for PgRunRepository {
     ) -> Result<(), RepoError> {
         // One row per node (the last state wins) so the upsert touches each row once.
         let mut last: Vec<&NodeRun> = Vec::with_capacity(nodes.len());
+        let mut at: HashMap<&str, usize> = HashMap::with_capacity(nodes.len());
         for n in nodes {
-            match last.iter_mut().find(|x| x.node_id == n.node_id) {
-                Some(x) => *x = n,
-                None => last.push(n),
+            match at.get(n.node_id.as_str()) {
+                Some(&i) => last[i] = n,
+                None => {
+                    at.insert(n.node_id.as_str(), last.len());
+                    last.push(n);
+                }
             }
         }
         let ids: Vec<&str> = last.iter().map(|n| n.node_id.as_str()).collect();
@@ -542,6 +623,7 @@ impl RunRepository for PgRunRepository {
                 None,
             ),
             RunCommit::Release { due_at } => ("release", None, None, None, None, *due_at),
+            RunCommit::Interrupted => ("interrupt", None, None, None, None, None),
         };
         let c = conn(&self.pool).await?;
         let stmt = c
@@ -570,6 +652,8 @@ impl RunRepository for PgRunRepository {
                          finished_at = CASE WHEN $11::text = 'finish' THEN $15::timestamptz
                                             ELSE r.finished_at END,
                          due_at = CASE WHEN $11::text = 'release' THEN $16::timestamptz ELSE NULL END,
+                         rescue_count = CASE WHEN $11::text = 'interrupt' THEN r.rescue_count + 1
+                                             ELSE r.rescue_count END,
                          lease_owner = NULL, lease_expires_at = NULL
                      FROM held WHERE r.id = held.id AND $11::text <> 'nodes'
                      RETURNING 1)
@@ -694,8 +778,9 @@ impl RunRepository for PgRunRepository {
                      status = CASE WHEN r.rescue_count + 1 > $2 THEN 'failed' ELSE r.status END,
                      finished_at = CASE WHEN r.rescue_count + 1 > $2 THEN $1 ELSE r.finished_at END,
                      error = CASE WHEN r.rescue_count + 1 > $2
-                         THEN jsonb_build_object('code', 'abandoned', 'message',
-                              'the run''s executor stopped ' || (r.rescue_count + 1) || ' times')
+                         THEN jsonb_build_object('code', 'crash_loop', 'message',
+                              'the run''s executor stopped ' || (r.rescue_count + 1)
+                              || ' times while running it')
                          ELSE r.error END
                  FROM s WHERE r.id = s.id
                  RETURNING r.id, r.owner_id, r.status",

@@ -371,7 +371,7 @@ async fn rescue_requeues_expired_leases_and_abandons_after_the_cap() {
             .is_empty(),
         "the lease is gone"
     );
-    // Claimed again, dies again: over the cap it is abandoned.
+    // Claimed again, dies again: over the cap it fails as a crash loop.
     let t1 = t0 + Duration::seconds(62);
     assert_eq!(
         runs.claim(Uuid::now_v7(), t1, t1 + Duration::seconds(30), 1)
@@ -387,7 +387,7 @@ async fn rescue_requeues_expired_leases_and_abandons_after_the_cap() {
     assert_eq!(report.abandoned, vec![(run.id, owner)]);
     let d = runs.get_run(owner, run.id).await.unwrap().unwrap();
     assert_eq!(d.run.status, RunStatus::Failed);
-    assert_eq!(d.run.error.unwrap().code, "abandoned");
+    assert_eq!(d.run.error.unwrap().code, "crash_loop");
 }
 
 #[tokio::test]

@@ -3,12 +3,14 @@
 
 use crate::error::ApiError;
 use crate::extract::{AuthUser, PageQuery};
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
+use gathering_domain::FieldProblem;
 use gathering_domain::pipeline::{
     Edge, Node, NodeRun, Pipeline, PipelineDefinition, Run, RunDetail, RunError,
 };
 use gathering_pipeline::service::{CreatePipeline, PatchPipeline, PipelineService};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -200,6 +202,46 @@ pub struct RunPage {
     pub next_cursor: Option<String>,
 }
 
+/// Parses a JSON body of at most `max` bytes (the route's own limit, under the global one):
+/// 400 for malformed JSON or a non-JSON content type, 422 naming the field for JSON of the wrong
+/// shape or a body over the limit. Sizes are checked before anything is parsed.
+fn parse_body<T: DeserializeOwned>(
+    req: &HttpRequest,
+    body: &[u8],
+    max: usize,
+) -> Result<T, ApiError> {
+    if let Some(ct) = req.headers().get(actix_web::http::header::CONTENT_TYPE)
+        && !ct
+            .to_str()
+            .unwrap_or("")
+            .to_ascii_lowercase()
+            .contains("json")
+    {
+        return Err(ApiError::bad_request(
+            "unsupported_media_type",
+            "expected Content-Type: application/json",
+        ));
+    }
+    if body.len() > max {
+        return Err(ApiError::validation(vec![FieldProblem::new(
+            "",
+            format!("the request body must be at most {max} bytes"),
+        )]));
+    }
+    serde_json::from_slice(body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => {
+            let field = e
+                .to_string()
+                .split('`')
+                .nth(1)
+                .map(|f| format!("/{f}"))
+                .unwrap_or_default();
+            ApiError::validation(vec![FieldProblem::new(field, e.to_string())])
+        }
+        _ => ApiError::bad_request("invalid_json", format!("malformed JSON: {e}")),
+    })
+}
+
 #[utoipa::path(post, path = "/api/v1/pipelines", tag = "pipelines", request_body = CreatePipelineBody,
     responses((status = 201, body = PipelineResponse),
               (status = 422, description = "validation_failed or cycle_detected")),
@@ -207,9 +249,11 @@ pub struct RunPage {
 pub async fn create(
     user: AuthUser,
     svc: web::Data<PipelineService>,
-    body: web::Json<CreatePipelineBody>,
+    req: HttpRequest,
+    body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let b = body.into_inner();
+    let b: CreatePipelineBody = parse_body(&req, &body, svc.limits().max_definition_bytes)?;
+    drop(body);
     let p = svc
         .create(
             user.id,
@@ -262,9 +306,11 @@ pub async fn update(
     user: AuthUser,
     svc: web::Data<PipelineService>,
     id: web::Path<Uuid>,
-    body: web::Json<PatchPipelineBody>,
+    req: HttpRequest,
+    body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let b = body.into_inner();
+    let b: PatchPipelineBody = parse_body(&req, &body, svc.limits().max_definition_bytes)?;
+    drop(body);
     let p = svc
         .update(
             user.id,
@@ -293,17 +339,23 @@ pub async fn delete(
 }
 
 #[utoipa::path(post, path = "/api/v1/pipelines/{id}/runs", tag = "pipelines", request_body = StartRunBody,
-    responses((status = 202, body = RunResponse, description = "queued"), (status = 404)),
+    responses((status = 202, body = RunResponse, description = "queued"), (status = 404),
+              (status = 400, description = "malformed JSON body")),
     security(("bearer" = [])))]
 pub async fn start_run(
     user: AuthUser,
     svc: web::Data<PipelineService>,
     id: web::Path<Uuid>,
-    body: Option<web::Json<StartRunBody>>,
+    req: HttpRequest,
+    body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let input = body
-        .and_then(|b| b.into_inner().input)
-        .unwrap_or_else(|| Value::Object(Default::default()));
+    // An empty body means `{}` input; anything else must be a well-formed JSON object.
+    let input = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        parse_body::<StartRunBody>(&req, &body, max_run_body())?.input
+    }
+    .unwrap_or_else(|| Value::Object(Default::default()));
     let run = svc.start_run(user.id, *id, input).await?;
     Ok(HttpResponse::Accepted().json(RunResponse::from(run)))
 }
@@ -347,6 +399,11 @@ pub async fn cancel_run(
 ) -> Result<HttpResponse, ApiError> {
     svc.cancel(user.id, *id).await?;
     Ok(HttpResponse::Accepted().json(serde_json::json!({"id": *id, "cancel_requested": true})))
+}
+
+/// The run input is bounded by the service (`/input`); the body only by the global limit.
+fn max_run_body() -> usize {
+    crate::MAX_JSON_BYTES
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
