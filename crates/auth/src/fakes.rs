@@ -48,6 +48,11 @@ impl InMemoryUsers {
             c.user.disabled = disabled;
         }
     }
+    pub fn set_role(&self, id: UserId, role: Role) {
+        if let Some(c) = self.rows.lock().get_mut(&id) {
+            c.user.role = role;
+        }
+    }
     pub fn len(&self) -> usize {
         self.rows.lock().len()
     }
@@ -107,8 +112,8 @@ impl UserRepository for InMemoryUsers {
 
     async fn ensure_admin(&self, new: NewUser) -> Result<User, RepoError> {
         let mut rows = self.rows.lock();
-        if let Some(c) = rows.values_mut().find(|c| c.user.email == new.email) {
-            c.user.role = Role::Admin;
+        // An existing row is returned unchanged (never promoted), like the PostgreSQL one.
+        if let Some(c) = rows.values().find(|c| c.user.email == new.email) {
             return Ok(c.user.clone());
         }
         let user = User {
