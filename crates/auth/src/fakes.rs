@@ -29,6 +29,7 @@ fn unavailable() -> RepoError {
 pub struct InMemoryUsers {
     rows: Mutex<HashMap<UserId, UserCredentials>>,
     pub find_by_email_calls: AtomicU64,
+    pub find_by_id_calls: AtomicU64,
 }
 
 impl InMemoryUsers {
@@ -97,6 +98,7 @@ impl UserRepository for InMemoryUsers {
     }
 
     async fn find_by_id(&self, id: UserId) -> Result<Option<User>, RepoError> {
+        self.find_by_id_calls.fetch_add(1, Ordering::Relaxed);
         Ok(self.rows.lock().get(&id).map(|c| c.user.clone()))
     }
 

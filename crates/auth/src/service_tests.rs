@@ -1189,3 +1189,210 @@ async fn lockout_audits_are_bounded_per_second() {
     }
     assert_eq!(h.fakes.audit.count(AuditKind::Lockout), 2);
 }
+
+// ------------------------------------------------------------------------- hardening
+
+fn find_by_id_calls(h: &H) -> u64 {
+    h.fakes
+        .users
+        .find_by_id_calls
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
+#[tokio::test]
+async fn a_disabled_user_or_a_demoted_admin_is_seen_on_the_next_request() {
+    let h = harness().await;
+    h.sync_cache().await;
+    let admin = h.svc.ensure_admin("root@example.com", PW.into()).await.unwrap();
+    let pair = h.login("root@example.com").await;
+    assert!(
+        h.svc
+            .authenticate(&pair.access_token, &meta())
+            .await
+            .unwrap()
+            .is_admin()
+    );
+    // A cache hit costs no user read.
+    let reads = find_by_id_calls(&h);
+    for _ in 0..3 {
+        h.svc
+            .authenticate(&pair.access_token, &meta())
+            .await
+            .unwrap();
+    }
+    assert_eq!(find_by_id_calls(&h), reads);
+    // Demoted (the trigger announces the change): the live token loses admin at once.
+    h.fakes.users.set_role(admin.id, Role::User);
+    h.svc
+        .handle_listener_event(&ListenerEvent::Notification {
+            channel: USER_CHANGED_CHANNEL.into(),
+            payload: admin.id.to_string(),
+        })
+        .await;
+    let c = h
+        .svc
+        .authenticate(&pair.access_token, &meta())
+        .await
+        .unwrap();
+    assert_eq!(c.role, Role::User);
+    // Disabled: 401 at once.
+    h.fakes.users.set_disabled(admin.id, true);
+    h.svc
+        .handle_listener_event(&ListenerEvent::Notification {
+            channel: USER_CHANGED_CHANNEL.into(),
+            payload: admin.id.to_string(),
+        })
+        .await;
+    assert!(matches!(
+        h.svc.authenticate(&pair.access_token, &meta()).await,
+        Err(AuthError::InvalidToken)
+    ));
+    assert!(
+        h.fakes
+            .audit
+            .of_kind(AuditKind::TokenRejected)
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("user_inactive"))
+    );
+}
+
+#[tokio::test]
+async fn while_the_listener_is_down_the_user_row_is_read_every_time() {
+    let h = harness().await;
+    h.register("ada@example.com").await;
+    let pair = h.login("ada@example.com").await;
+    let reads = find_by_id_calls(&h);
+    for _ in 0..2 {
+        h.svc
+            .authenticate(&pair.access_token, &meta())
+            .await
+            .unwrap();
+    }
+    assert_eq!(find_by_id_calls(&h), reads + 2);
+}
+
+#[tokio::test]
+async fn logout_without_a_refresh_token_still_kills_the_refresh_family() {
+    let h = harness().await;
+    h.register("ada@example.com").await;
+    let pair = h.login("ada@example.com").await;
+    // A second access token of the same family (after a refresh) and another session.
+    let p2 = h.svc.refresh(&pair.refresh_token, &meta()).await.unwrap();
+    let other = h.login("ada@example.com").await;
+    let c = h.svc.authenticate(&p2.access_token, &meta()).await.unwrap();
+    assert!(c.family_id.is_some());
+    let mut rx = h.svc.subscribe_revocations();
+    h.svc.logout(&c, None, &meta()).await.unwrap();
+    assert!(matches!(
+        h.svc.refresh(&p2.refresh_token, &meta()).await,
+        Err(AuthError::InvalidToken)
+    ));
+    for t in [&pair.access_token, &p2.access_token] {
+        assert!(h.svc.authenticate(t, &meta()).await.is_err());
+    }
+    // The other session is untouched.
+    h.svc
+        .authenticate(&other.access_token, &meta())
+        .await
+        .unwrap();
+    h.svc.refresh(&other.refresh_token, &meta()).await.unwrap();
+    // Live sessions hear of the jti and the family.
+    let mut heard = Vec::new();
+    while let Ok(id) = rx.try_recv() {
+        heard.push(id);
+    }
+    assert!(heard.contains(&c.jti));
+    assert!(heard.contains(&c.family_id.unwrap()));
+}
+
+#[tokio::test]
+async fn refresh_reuse_revokes_the_access_tokens_of_the_family_on_every_instance() {
+    let h = harness().await;
+    h.register("ada@example.com").await;
+    let p1 = h.login("ada@example.com").await;
+    let p2 = h.svc.refresh(&p1.refresh_token, &meta()).await.unwrap();
+    // Another instance on the same storage, listening.
+    let other = Arc::new(
+        AuthService::new(
+            h.fakes.repos(),
+            h.clock.clone(),
+            KeyRing::new("k1", &KEY).unwrap(),
+            config(),
+        )
+        .await
+        .unwrap(),
+    );
+    other
+        .handle_listener_event(&ListenerEvent::Connected)
+        .await;
+    other
+        .authenticate(&p2.access_token, &meta())
+        .await
+        .unwrap();
+    let mut notes = h.fakes.notifier.subscribe();
+    // The stolen first refresh token is replayed.
+    assert!(h.svc.refresh(&p1.refresh_token, &meta()).await.is_err());
+    assert!(h.svc.authenticate(&p2.access_token, &meta()).await.is_err());
+    while let Ok(ev) = notes.try_recv() {
+        other.handle_listener_event(&ev).await;
+    }
+    let calls = h.fakes.revocations.is_revoked_calls();
+    assert!(other.authenticate(&p2.access_token, &meta()).await.is_err());
+    assert!(other.authenticate(&p1.access_token, &meta()).await.is_err());
+    assert_eq!(
+        h.fakes.revocations.is_revoked_calls(),
+        calls,
+        "known from the notification"
+    );
+}
+
+#[tokio::test]
+async fn a_token_issued_in_the_future_is_refused() {
+    let h = harness().await;
+    h.register("ada@example.com").await;
+    h.clock.advance(TimeDelta::minutes(10));
+    let pair = h.login("ada@example.com").await;
+    h.clock.advance(TimeDelta::minutes(-10));
+    assert!(matches!(
+        h.svc.authenticate(&pair.access_token, &meta()).await,
+        Err(AuthError::InvalidToken)
+    ));
+}
+
+#[tokio::test]
+async fn look_alike_emails_are_one_account_at_register_and_login() {
+    let h = harness().await;
+    h.register("ada@bücher.de").await;
+    for twin in ["ADA@BÜCHER.DE", "ａｄａ@bücher.de", "ada@xn--bcher-kva.de"] {
+        assert!(matches!(
+            h.svc
+                .register(twin, PW.into(), "Twin".into(), &meta())
+                .await,
+            Err(AuthError::EmailTaken)
+        ));
+        h.login(twin).await;
+    }
+    assert_eq!(h.fakes.users.len(), 1);
+}
+
+#[tokio::test]
+async fn a_malformed_login_email_is_audited_and_counted() {
+    let h = harness().await;
+    let nul = "ada\0@example.com";
+    for _ in 0..5 {
+        assert!(matches!(
+            h.svc.login(nul, "bad password 123".into(), &meta()).await,
+            Err(AuthError::InvalidCredentials)
+        ));
+    }
+    let failures = h.fakes.audit.of_kind(AuditKind::LoginFailure);
+    assert_eq!(failures.len(), 5);
+    assert!(failures.iter().all(|e| {
+        e.reason.as_deref() == Some("malformed_email")
+            && e.email.as_deref().is_some_and(|m| !m.contains('\0'))
+    }));
+    assert!(matches!(
+        h.svc.login(nul, "bad password 123".into(), &meta()).await,
+        Err(AuthError::LockedOut { .. })
+    ));
+}
