@@ -280,7 +280,11 @@ async fn refresh_reuse_revokes_the_access_tokens_issued_from_the_family() {
         );
     }
     let r = app
-        .post("/auth/refresh", &json!({"refresh_token": refresh(&p2)}), None)
+        .post(
+            "/auth/refresh",
+            &json!({"refresh_token": refresh(&p2)}),
+            None,
+        )
         .await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(status_of(&app, "/auth/me", &other).await, StatusCode::OK);
@@ -374,7 +378,10 @@ async fn a_token_living_longer_than_the_configured_lifetime_is_refused() {
         .token
     };
     // The key is right: a token of the configured lifetime is accepted ...
-    assert_eq!(status_of(&app, "/auth/me", &mint(900)).await, StatusCode::OK);
+    assert_eq!(
+        status_of(&app, "/auth/me", &mint(900)).await,
+        StatusCode::OK
+    );
     // ... one living a year is not.
     let r = app.get("/auth/me", Some(&mint(365 * 86_400))).await;
     assert_error(r, StatusCode::UNAUTHORIZED, "invalid_token").await;
@@ -391,7 +398,11 @@ async fn look_alike_emails_are_one_account_at_register_and_login() {
             .status(),
         StatusCode::CREATED
     );
-    for twin in ["ＡＤＡ@ｅｘａｍｐｌｅ.com", "Ada@EXAMPLE.COM", "ada@Example.com"] {
+    for twin in [
+        "ＡＤＡ@ｅｘａｍｐｌｅ.com",
+        "Ada@EXAMPLE.COM",
+        "ada@Example.com",
+    ] {
         let r = app.register(twin, PASSWORD, "Twin").await;
         assert_error(r, StatusCode::CONFLICT, "email_taken").await;
         app.login_ok(twin, PASSWORD).await;
@@ -469,7 +480,12 @@ async fn malformed_login_emails_are_audited_and_count_toward_the_address_limit()
     let app = spawn_app_with(&[("GATHERING__RATE_LIMIT__AUTH_PER_MINUTE", "5")]).await;
     let admin = app.admin_token().await; // 1 of 5
     // 2..=5: refused inputs, never a 500.
-    for email in ["bad\u{1}@example.com", "no-at-sign", "a@b@c", "x\0@example.com"] {
+    for email in [
+        "bad\u{1}@example.com",
+        "no-at-sign",
+        "a@b@c",
+        "x\0@example.com",
+    ] {
         let s = app.login(email, "whatever-password").await.status();
         assert!(
             s == StatusCode::UNAUTHORIZED || s == StatusCode::UNPROCESSABLE_ENTITY,

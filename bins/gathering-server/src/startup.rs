@@ -163,9 +163,8 @@ impl Application {
                 .await
             {
                 tracing::error!(error = %e, email = %email, "SECURITY: admin bootstrap refused; the server does not start");
-                return Err(anyhow::Error::new(e).context(
-                    "cannot create the configured admin (GATHERING__AUTH__ADMIN_EMAIL)",
-                ));
+                return Err(anyhow::Error::new(e)
+                    .context("cannot create the configured admin (GATHERING__AUTH__ADMIN_EMAIL)"));
             }
             info!(email = %email, "admin account ensured");
         }
@@ -255,7 +254,10 @@ impl Application {
         // forge tokens).
         let data_dir = web::Data::new(gathering_api::routes::projects::DataDir(
             std::fs::canonicalize(&settings.data_dir).with_context(|| {
-                format!("cannot resolve the data dir {}", settings.data_dir.display())
+                format!(
+                    "cannot resolve the data dir {}",
+                    settings.data_dir.display()
+                )
             })?,
         ));
         let stop = CancellationToken::new();

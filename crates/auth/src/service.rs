@@ -837,7 +837,11 @@ impl AuthService {
 
     /// The user row, from the cache when it may be trusted, else from the database (and then
     /// cached unless something changed meanwhile).
-    async fn current_user(&self, id: UserId, now: DateTime<Utc>) -> Result<Option<User>, AuthError> {
+    async fn current_user(
+        &self,
+        id: UserId,
+        now: DateTime<Utc>,
+    ) -> Result<Option<User>, AuthError> {
         if let Some(u) = self.users.get(id, now) {
             return Ok(Some(u));
         }

@@ -1203,7 +1203,11 @@ fn find_by_id_calls(h: &H) -> u64 {
 async fn a_disabled_user_or_a_demoted_admin_is_seen_on_the_next_request() {
     let h = harness().await;
     h.sync_cache().await;
-    let admin = h.svc.ensure_admin("root@example.com", PW.into()).await.unwrap();
+    let admin = h
+        .svc
+        .ensure_admin("root@example.com", PW.into())
+        .await
+        .unwrap();
     let pair = h.login("root@example.com").await;
     assert!(
         h.svc
@@ -1322,13 +1326,8 @@ async fn refresh_reuse_revokes_the_access_tokens_of_the_family_on_every_instance
         .await
         .unwrap(),
     );
-    other
-        .handle_listener_event(&ListenerEvent::Connected)
-        .await;
-    other
-        .authenticate(&p2.access_token, &meta())
-        .await
-        .unwrap();
+    other.handle_listener_event(&ListenerEvent::Connected).await;
+    other.authenticate(&p2.access_token, &meta()).await.unwrap();
     let mut notes = h.fakes.notifier.subscribe();
     // The stolen first refresh token is replayed.
     assert!(h.svc.refresh(&p1.refresh_token, &meta()).await.is_err());

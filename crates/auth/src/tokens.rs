@@ -497,10 +497,7 @@ mod tests {
         .unwrap();
         let forged = long.issue(Uuid::now_v7(), Role::Admin, t0()).unwrap();
         let t = tokens(KeyRing::new("k1", &[7u8; 32]).unwrap());
-        assert_eq!(
-            t.verify(&forged.token, t0()),
-            Err(TokenError::BadLifetime)
-        );
+        assert_eq!(t.verify(&forged.token, t0()), Err(TokenError::BadLifetime));
         assert_eq!(TokenError::BadLifetime.reason(), "bad_lifetime");
         // Exactly the ttl is fine.
         let ok = t.issue(Uuid::now_v7(), Role::User, t0()).unwrap();
@@ -511,7 +508,9 @@ mod tests {
     fn the_family_claim_round_trips_and_is_optional() {
         let t = tokens(KeyRing::new("k1", &[7u8; 32]).unwrap());
         let fam = Uuid::now_v7();
-        let issued = t.issue_in(Uuid::now_v7(), Role::User, Some(fam), t0()).unwrap();
+        let issued = t
+            .issue_in(Uuid::now_v7(), Role::User, Some(fam), t0())
+            .unwrap();
         assert_eq!(t.verify(&issued.token, t0()).unwrap().family_id, Some(fam));
         let none = t.issue(Uuid::now_v7(), Role::User, t0()).unwrap();
         assert_eq!(t.verify(&none.token, t0()).unwrap().family_id, None);

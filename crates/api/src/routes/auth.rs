@@ -271,9 +271,24 @@ mod tests {
             logout_body(br#"{"refresh_token":"abc"}"#),
             Ok(Some(LogoutBody { refresh_token: Some(ref t) })) if t == "abc"
         ));
-        assert!(matches!(logout_body(b"{}"), Ok(Some(LogoutBody { refresh_token: None }))));
-        for bad in [&b"{"[..], b"null", b"[1]", br#"{"refresh_token": 5}"#, b"garbage"] {
-            assert!(logout_body(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        assert!(matches!(
+            logout_body(b"{}"),
+            Ok(Some(LogoutBody {
+                refresh_token: None
+            }))
+        ));
+        for bad in [
+            &b"{"[..],
+            b"null",
+            b"[1]",
+            br#"{"refresh_token": 5}"#,
+            b"garbage",
+        ] {
+            assert!(
+                logout_body(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 }

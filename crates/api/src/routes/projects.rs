@@ -223,7 +223,10 @@ mod tests {
         assert!(overlaps_data_dir(Path::new("/"), data));
         assert!(overlaps_data_dir(Path::new("/srv"), data));
         assert!(overlaps_data_dir(Path::new("/srv/gathering/data"), data));
-        assert!(overlaps_data_dir(Path::new("/srv/gathering/data/keys"), data));
+        assert!(overlaps_data_dir(
+            Path::new("/srv/gathering/data/keys"),
+            data
+        ));
         assert!(!overlaps_data_dir(Path::new("/srv/gathering/data2"), data));
         assert!(!overlaps_data_dir(Path::new("/srv/projects"), data));
     }
