@@ -327,7 +327,13 @@ async fn tampered_and_garbage_tokens_are_401_and_audited() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_failures_lock_the_account_without_revealing_it_exists() {
-    let app = spawn_app_with(&[("GATHERING__AUTH__MAX_FAILED_LOGINS", "3")]).await;
+    // Progressive delay (1 s, 2 s, ... after the free failures by default): a long first delay
+    // keeps this test independent of how fast the machine is.
+    let app = spawn_app_with(&[
+        ("GATHERING__AUTH__MAX_FAILED_LOGINS", "3"),
+        ("GATHERING__AUTH__LOCKOUT_BASE_DELAY_SECS", "60"),
+    ])
+    .await;
     let (_, _, email) = app.register_and_login().await;
     for _ in 0..3 {
         assert_eq!(app.login(&email, "wrong-password-xyz").await.status(), 401);

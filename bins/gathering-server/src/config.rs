@@ -59,6 +59,9 @@ pub struct AuthSettings {
     pub refresh_ttl_secs: u64,
     pub max_failed_logins: u32,
     pub lockout_window_secs: u64,
+    /// Progressive per-account login delay after `max_failed_logins`: base and cap (seconds).
+    pub lockout_base_delay_secs: u64,
+    pub lockout_max_delay_secs: u64,
     /// Concurrent password hashes; 0 = number of cores.
     pub hash_concurrency: usize,
     pub revocation_cache_capacity: usize,
@@ -156,6 +159,8 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("auth.refresh_ttl_secs", "1209600"),
     ("auth.max_failed_logins", "5"),
     ("auth.lockout_window_secs", "900"),
+    ("auth.lockout_base_delay_secs", "1"),
+    ("auth.lockout_max_delay_secs", "300"),
     ("auth.hash_concurrency", "0"),
     ("auth.revocation_cache_capacity", "100000"),
     ("auth.token_cache_capacity", "10000"),

@@ -136,6 +136,8 @@ impl Application {
                     refresh_ttl: Duration::from_secs(settings.auth.refresh_ttl_secs),
                     max_failed_logins: settings.auth.max_failed_logins,
                     lockout_window: Duration::from_secs(settings.auth.lockout_window_secs),
+                    lockout_base_delay: Duration::from_secs(settings.auth.lockout_base_delay_secs),
+                    lockout_max_delay: Duration::from_secs(settings.auth.lockout_max_delay_secs),
                     hash_concurrency: if settings.auth.hash_concurrency == 0 {
                         settings.workers()
                     } else {
@@ -154,9 +156,16 @@ impl Application {
         if let (Some(email), Some(password)) =
             (&settings.auth.admin_email, &settings.auth.admin_password)
         {
-            auth.ensure_admin(email, password.expose_secret().to_owned())
+            // An existing non-admin account with this email is never promoted: whoever
+            // registered it chose its password. Start-up stops with the reason instead.
+            if let Err(e) = auth
+                .ensure_admin(email, password.expose_secret().to_owned())
                 .await
-                .context("cannot create the configured admin (GATHERING__AUTH__ADMIN_EMAIL)")?;
+            {
+                tracing::error!(error = %e, email = %email, "SECURITY: admin bootstrap refused; the server does not start");
+                return Err(anyhow::Error::new(e)
+                    .context("cannot create the configured admin (GATHERING__AUTH__ADMIN_EMAIL)"));
+            }
             info!(email = %email, "admin account ensured");
         }
 
@@ -241,6 +250,16 @@ impl Application {
         }));
         let proxies = web::Data::new(TrustedProxies(settings.trusted_proxies()?));
         let projects = web::Data::new(projects);
+        // Projects may not reach into the data dir (keys/token.key would let a project reader
+        // forge tokens).
+        let data_dir = web::Data::new(gathering_api::routes::projects::DataDir(
+            std::fs::canonicalize(&settings.data_dir).with_context(|| {
+                format!(
+                    "cannot resolve the data dir {}",
+                    settings.data_dir.display()
+                )
+            })?,
+        ));
         let stop = CancellationToken::new();
         let shutdown_signal = web::Data::new(gathering_events::Shutdown(stop.clone()));
         let bus = web::Data::new(bus);
@@ -276,6 +295,7 @@ impl Application {
                 .app_data(proxies.clone())
                 .app_data(auth.clone())
                 .app_data(projects.clone())
+                .app_data(data_dir.clone())
                 .app_data(shutdown_signal.clone())
                 .app_data(bus.clone())
                 .app_data(ws_config.clone())

@@ -15,8 +15,10 @@ use std::future::Future;
 use std::pin::Pin;
 use uuid::Uuid;
 
-/// An authenticated caller. Extracting it verifies the bearer token (signature, expiry,
-/// revocation) and applies the per-user read/write rate limit.
+/// An authenticated caller. Extracting it verifies the bearer token (signature, lifetime,
+/// expiry, revocation of the token and of its refresh family) and the user's current state
+/// (deleted or disabled → 401; `role` is the user's role *now*, not the one in the token), and
+/// applies the per-user read/write rate limit.
 #[derive(Debug, Clone)]
 pub struct AuthUser {
     pub id: Uuid,
@@ -24,6 +26,8 @@ pub struct AuthUser {
     pub jti: Uuid,
     pub issued_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
+    /// The refresh family the token was issued from (revoked by logout and by reuse detection).
+    pub family_id: Option<Uuid>,
 }
 
 impl AuthUser {
@@ -39,6 +43,7 @@ impl AuthUser {
             jti: self.jti,
             issued_at: self.issued_at,
             expires_at: self.expires_at,
+            family_id: self.family_id,
         }
     }
 }
@@ -84,6 +89,7 @@ pub async fn authenticate_token(req: &HttpRequest, token: &str) -> Result<AuthUs
         jti: claims.jti,
         issued_at: claims.issued_at,
         expires_at: claims.expires_at,
+        family_id: claims.family_id,
     })
 }
 

@@ -207,6 +207,7 @@ mod tests {
             jti: Uuid::new_v4(),
             issued_at: t0(),
             expires_at: t0() + TimeDelta::seconds(exp_secs),
+            family_id: None,
         }
     }
 

@@ -9,11 +9,22 @@ pub struct AuthConfig {
     pub access_ttl: Duration,
     /// Refresh-token lifetime (`GATHERING__AUTH__REFRESH_TTL_SECS`, default 14 days).
     pub refresh_ttl: Duration,
-    /// Failed logins per account within `lockout_window` before 429
-    /// (`GATHERING__AUTH__MAX_FAILED_LOGINS`, default 5).
+    /// Failed logins per account within `lockout_window` that are free of any delay
+    /// (`GATHERING__AUTH__MAX_FAILED_LOGINS`, default 5). From then on each further attempt must
+    /// come at least `lockout_base_delay * 2^(failures - max_failed_logins)` (capped at
+    /// `lockout_max_delay`) after the latest failure, or it is answered 429 with Retry-After
+    /// without checking the password.
     pub max_failed_logins: u32,
-    /// Window of the per-account failed-login counter (default 15 min).
+    /// Window of the per-account failed-login counter (`GATHERING__AUTH__LOCKOUT_WINDOW_SECS`,
+    /// default 15 min): failures older than this no longer count.
     pub lockout_window: Duration,
+    /// First delay of the progressive per-account delay
+    /// (`GATHERING__AUTH__LOCKOUT_BASE_DELAY_SECS`, default 1 s).
+    pub lockout_base_delay: Duration,
+    /// Longest per-account delay (`GATHERING__AUTH__LOCKOUT_MAX_DELAY_SECS`, default 300 s):
+    /// under a sustained attack an account takes one password guess per this period, and its
+    /// owner waits at most this long.
+    pub lockout_max_delay: Duration,
     /// Concurrent argon2 computations (default: number of cores).
     pub hash_concurrency: usize,
     /// How long a request waits for a hashing slot before answering 503 (default 10 s).
@@ -44,6 +55,8 @@ impl Default for AuthConfig {
             refresh_ttl: Duration::from_secs(1_209_600),
             max_failed_logins: 5,
             lockout_window: Duration::from_secs(15 * 60),
+            lockout_base_delay: Duration::from_secs(1),
+            lockout_max_delay: Duration::from_secs(300),
             hash_concurrency: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2),

@@ -21,6 +21,15 @@ pub enum AuthError {
     LockedOut { retry_after: Duration },
     #[error("forbidden")]
     Forbidden,
+    /// Start-up only: the configured admin email belongs to an existing account that is not an
+    /// admin (e.g. registered by someone else before the operator configured it). It is never
+    /// promoted silently.
+    #[error(
+        "the configured admin email {0} already belongs to a non-admin account; it is not promoted. \
+         Remove or rename that account (it may have been registered by someone else), or configure \
+         another GATHERING__AUTH__ADMIN_EMAIL"
+    )]
+    AdminEmailTaken(String),
     /// Every hashing slot stayed busy for the configured wait.
     #[error("password hashing is saturated")]
     Overloaded,
@@ -41,7 +50,9 @@ impl ErrorCode for AuthError {
             AuthError::Forbidden => ErrorKind::Forbidden,
             AuthError::Overloaded => ErrorKind::Unavailable,
             AuthError::Repo(RepoError::Unavailable(_)) => ErrorKind::Unavailable,
-            AuthError::Repo(_) | AuthError::Internal(_) => ErrorKind::Internal,
+            AuthError::Repo(_) | AuthError::Internal(_) | AuthError::AdminEmailTaken(_) => {
+                ErrorKind::Internal
+            }
         }
     }
 
@@ -54,7 +65,9 @@ impl ErrorCode for AuthError {
             AuthError::LockedOut { .. } => "rate_limited",
             AuthError::Forbidden => "forbidden",
             AuthError::Overloaded | AuthError::Repo(RepoError::Unavailable(_)) => "unavailable",
-            AuthError::Repo(_) | AuthError::Internal(_) => "internal",
+            AuthError::Repo(_) | AuthError::Internal(_) | AuthError::AdminEmailTaken(_) => {
+                "internal"
+            }
         }
     }
 

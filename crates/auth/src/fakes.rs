@@ -29,6 +29,7 @@ fn unavailable() -> RepoError {
 pub struct InMemoryUsers {
     rows: Mutex<HashMap<UserId, UserCredentials>>,
     pub find_by_email_calls: AtomicU64,
+    pub find_by_id_calls: AtomicU64,
 }
 
 impl InMemoryUsers {
@@ -46,6 +47,11 @@ impl InMemoryUsers {
     pub fn set_disabled(&self, id: UserId, disabled: bool) {
         if let Some(c) = self.rows.lock().get_mut(&id) {
             c.user.disabled = disabled;
+        }
+    }
+    pub fn set_role(&self, id: UserId, role: Role) {
+        if let Some(c) = self.rows.lock().get_mut(&id) {
+            c.user.role = role;
         }
     }
     pub fn len(&self) -> usize {
@@ -92,6 +98,7 @@ impl UserRepository for InMemoryUsers {
     }
 
     async fn find_by_id(&self, id: UserId) -> Result<Option<User>, RepoError> {
+        self.find_by_id_calls.fetch_add(1, Ordering::Relaxed);
         Ok(self.rows.lock().get(&id).map(|c| c.user.clone()))
     }
 
@@ -107,8 +114,8 @@ impl UserRepository for InMemoryUsers {
 
     async fn ensure_admin(&self, new: NewUser) -> Result<User, RepoError> {
         let mut rows = self.rows.lock();
-        if let Some(c) = rows.values_mut().find(|c| c.user.email == new.email) {
-            c.user.role = Role::Admin;
+        // An existing row is returned unchanged (never promoted), like the PostgreSQL one.
+        if let Some(c) = rows.values().find(|c| c.user.email == new.email) {
             return Ok(c.user.clone());
         }
         let user = User {

@@ -5,6 +5,7 @@
 
 pub mod cache;
 pub mod config;
+pub mod email;
 pub mod error;
 #[cfg(any(test, feature = "fakes"))]
 pub mod fakes;
@@ -15,6 +16,7 @@ pub mod tokens;
 
 pub use cache::{UserCache, VerifiedTokens};
 pub use config::AuthConfig;
+pub use email::normalize_email;
 pub use error::AuthError;
 pub use password::{PasswordHasher, PasswordParams};
 pub use revocation::{CacheLookup, RevocationCache};

@@ -2,6 +2,7 @@
 
 use crate::cache::{TokenKey, UserCache, VerifiedTokens};
 use crate::config::AuthConfig;
+use crate::email::normalize_email;
 use crate::error::AuthError;
 use crate::password::PasswordHasher;
 use crate::revocation::{CacheLookup, RevocationCache};
@@ -19,6 +20,7 @@ use serde::Serialize;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+use tokio::sync::broadcast;
 use uuid::Uuid;
 
 /// Longest user-agent / request-id kept in an audit row.
@@ -111,6 +113,9 @@ pub struct AuthService {
     refresh_ttl: TimeDelta,
     lockout_window: TimeDelta,
     clock_skew: TimeDelta,
+    /// Ids that were just revoked or changed (a jti, a refresh family, a user id; the nil id
+    /// for "anything may have changed"), for live sessions such as WebSockets to re-check.
+    revoked_tx: broadcast::Sender<Uuid>,
 }
 
 impl std::fmt::Debug for AuthService {
@@ -144,17 +149,35 @@ fn clip(s: &Option<String>) -> Option<String> {
     })
 }
 
-/// The key the per-account failure counter uses for whatever the client typed.
-fn account_key(raw_email: &str) -> String {
-    match Email::parse(raw_email) {
-        Ok(e) => e.as_str().to_owned(),
-        Err(_) => raw_email
-            .trim()
-            .to_lowercase()
-            .chars()
-            .take(Email::MAX_LEN)
-            .collect(),
-    }
+/// The key the per-account failure counter (and the audit row) uses for an address that is
+/// not a valid email: bounded, lower-cased, control characters (NUL included, which the
+/// database cannot store) replaced, so the refusal is recorded and counted like any other.
+fn malformed_key(raw_email: &str) -> String {
+    raw_email
+        .trim()
+        .chars()
+        .take(Email::MAX_LEN)
+        .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
+        .collect::<String>()
+        .to_lowercase()
+}
+
+/// Progressive per-account delay: none below `free` failures, then `base * 2^(failures-free)`
+/// capped at `max`.
+fn progressive_delay(failures: u64, free: u32, base: Duration, max: Duration) -> Option<Duration> {
+    let over = failures.checked_sub(u64::from(free))?;
+    let factor = 1u32 << over.min(30);
+    Some(base.saturating_mul(factor).min(max))
+}
+
+#[cfg(test)]
+pub(crate) fn progressive_delay_for_tests(
+    failures: u64,
+    free: u32,
+    base: Duration,
+    max: Duration,
+) -> Option<Duration> {
+    progressive_delay(failures, free, base, max)
 }
 
 impl AuthService {
@@ -187,6 +210,7 @@ impl AuthService {
             clock_skew,
             rejected_audit: AuditLimiter::new(config.rejected_audit_per_sec),
             lockout_audit: AuditLimiter::new(config.rejected_audit_per_sec),
+            revoked_tx: broadcast::channel(1024).0,
             repos,
             clock,
             config,
@@ -206,6 +230,19 @@ impl AuthService {
 
     pub fn revocation_cache(&self) -> &RevocationCache {
         &self.cache
+    }
+
+    /// Ids revoked or changed from now on: a token's jti, a refresh family (`fam` claim), a user
+    /// id (its row changed), or the nil id (the notification listener reconnected, so anything
+    /// may have changed). A receiver re-checks its claims with [`Self::check_claims`] when one
+    /// concerns it (and after lagging).
+    pub fn subscribe_revocations(&self) -> broadcast::Receiver<Uuid> {
+        self.revoked_tx.subscribe()
+    }
+
+    fn announce(&self, id: Uuid) {
+        // No receiver is fine.
+        let _ = self.revoked_tx.send(id);
     }
 
     /// `token_rejected` audit rows dropped by the rate limit so far.
@@ -273,7 +310,7 @@ impl AuthService {
         meta: &RequestMeta,
     ) -> Result<User, AuthError> {
         let mut problems = Vec::new();
-        let email = Email::parse(email)
+        let email = normalize_email(email)
             .map_err(|e| problems.push(FieldProblem::new("/email", e.0)))
             .ok();
         let password = Password::parse(password)
@@ -336,8 +373,10 @@ impl AuthService {
 
     // ---------------------------------------------------------------- login
 
-    /// Email + password → token pair. Every failure is the same `InvalidCredentials`; too many
-    /// recent failures for the account (existing or not) → `LockedOut`.
+    /// Email + password → token pair. Every failure is the same `InvalidCredentials` and is
+    /// audited (a malformed email too: it counts for the account key it spells). After
+    /// `max_failed_logins` recent failures for the account (existing or not), each attempt must
+    /// wait a progressive delay after the latest failure, else `LockedOut`.
     #[tracing::instrument(skip_all)]
     pub async fn login(
         &self,
@@ -346,13 +385,12 @@ impl AuthService {
         meta: &RequestMeta,
     ) -> Result<TokenPair, AuthError> {
         let now = self.clock.now();
-        let key = account_key(email);
-        let failures = self
-            .repos
-            .audit
-            .count_login_failures(&key, now - self.lockout_window)
-            .await?;
-        if failures >= u64::from(self.config.max_failed_logins) {
+        let parsed = normalize_email(email).ok();
+        let key = match &parsed {
+            Some(e) => e.as_str().to_owned(),
+            None => malformed_key(email),
+        };
+        if let Some(wait) = self.login_delay(&key, now).await? {
             // Bounded like rejected tokens: a flood against a locked account must not flood
             // the audit table.
             if self.lockout_audit.allow(now) {
@@ -366,9 +404,7 @@ impl AuthService {
                 );
                 self.audit(ev).await;
             }
-            return Err(AuthError::LockedOut {
-                retry_after: self.config.lockout_window,
-            });
+            return Err(AuthError::LockedOut { retry_after: wait });
         }
 
         let password = if password.len() > MAX_LOGIN_PASSWORD_BYTES {
@@ -376,7 +412,6 @@ impl AuthService {
         } else {
             Some(password)
         };
-        let parsed = Email::parse(email).ok();
         let creds = match &parsed {
             Some(e) => self.repos.users.find_by_email(e).await?,
             None => None,
@@ -445,6 +480,39 @@ impl AuthService {
         }
     }
 
+    /// How long the account must still wait, if it is in the progressive delay: `failures`
+    /// recent failures demand `delay` since the latest one; when a failure happened within the
+    /// last `delay`, the attempt is refused (Retry-After: the whole `delay`, an upper bound).
+    async fn login_delay(
+        &self,
+        key: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Duration>, AuthError> {
+        let failures = self
+            .repos
+            .audit
+            .count_login_failures(key, now - self.lockout_window)
+            .await?;
+        let Some(delay) = progressive_delay(
+            failures,
+            self.config.max_failed_logins,
+            self.config.lockout_base_delay,
+            self.config.lockout_max_delay,
+        ) else {
+            return Ok(None);
+        };
+        let recent = self
+            .repos
+            .audit
+            // A failure exactly `delay` ago no longer holds the account (timestamps are µs).
+            .count_login_failures(
+                key,
+                now - delta(delay, "lockout delay")? + TimeDelta::microseconds(1),
+            )
+            .await?;
+        Ok((recent > 0).then_some(delay))
+    }
+
     async fn rehash(&self, user_id: UserId, password: String) {
         match self.hasher.hash(password).await {
             Ok(h) => {
@@ -466,27 +534,33 @@ impl AuthService {
         now: DateTime<Utc>,
     ) -> Result<TokenPair, AuthError> {
         let secret = RefreshSecret::generate();
+        let family_id = Uuid::now_v7();
         self.repos
             .refresh_tokens
             .insert(NewRefreshToken {
                 id: Uuid::now_v7(),
                 user_id,
-                family_id: Uuid::now_v7(),
+                family_id,
                 token_hash: secret.hash.clone(),
                 expires_at: now + self.refresh_ttl,
             })
             .await?;
-        self.pair(user_id, role, now, secret)
+        self.pair(user_id, role, family_id, now, secret)
     }
 
+    /// An access token bound to the refresh family `family_id`, with its refresh token.
     fn pair(
         &self,
         user_id: UserId,
         role: Role,
+        family_id: Uuid,
         now: DateTime<Utc>,
         refresh: RefreshSecret,
     ) -> Result<TokenPair, AuthError> {
-        let issued = self.tokens.issue(user_id, role, now).map_err(token_err)?;
+        let issued = self
+            .tokens
+            .issue_in(user_id, role, Some(family_id), now)
+            .map_err(token_err)?;
         let expires_in = (issued.claims.expires_at - now)
             .num_seconds()
             .max(0)
@@ -526,15 +600,12 @@ impl AuthService {
             RotateOutcome::Rotated { old } => {
                 let user = self.repos.users.find_by_id(old.user_id).await?;
                 let Some(user) = user.filter(|u| !u.disabled) else {
-                    self.repos
-                        .refresh_tokens
-                        .revoke_family(old.family_id, now)
-                        .await?;
+                    self.revoke_family(old.family_id, old.user_id, now).await?;
                     self.audit_rejected(meta, Some(old.user_id), "refresh_user_inactive")
                         .await;
                     return Err(AuthError::InvalidToken);
                 };
-                let pair = self.pair(user.id, user.role, now, secret)?;
+                let pair = self.pair(user.id, user.role, old.family_id, now, secret)?;
                 let ev = self.event(
                     AuditKind::TokenRefresh,
                     meta,
@@ -547,11 +618,8 @@ impl AuthService {
                 Ok(pair)
             }
             RotateOutcome::Reused { old } => {
-                let revoked = self
-                    .repos
-                    .refresh_tokens
-                    .revoke_family(old.family_id, now)
-                    .await?;
+                // The whole family: its refresh tokens and the access tokens issued from it.
+                let revoked = self.revoke_family(old.family_id, old.user_id, now).await?;
                 tracing::warn!(user_id = %old.user_id, family = %old.family_id, revoked, "refresh token reuse detected");
                 let ev = self.event(
                     AuditKind::TokenReuseDetected,
@@ -578,8 +646,9 @@ impl AuthService {
 
     // ---------------------------------------------------------------- logout
 
-    /// Revokes the access token (persisted, announced to every instance, cached here at once)
-    /// and, when given, the refresh token if it belongs to the same user.
+    /// Revokes the access token (persisted, announced to every instance, cached here at once),
+    /// the refresh family it was issued from (every refresh token of it and every access token
+    /// carrying it), and, when given, the refresh token if it belongs to the same user.
     #[tracing::instrument(skip_all, fields(user_id = %claims.user_id))]
     pub async fn logout(
         &self,
@@ -599,6 +668,7 @@ impl AuthService {
             )
             .await?;
         self.cache.insert(claims.jti, claims.expires_at, now);
+        self.announce(claims.jti);
         let mut reason = None;
         if let Some(rt) = refresh_token {
             let revoked = match RefreshSecret::hash_of(&rt) {
@@ -613,6 +683,9 @@ impl AuthService {
             if !revoked {
                 reason = Some("refresh_token_not_revoked");
             }
+        }
+        if let Some(family) = claims.family_id {
+            self.revoke_family(family, claims.user_id, now).await?;
         }
         let ev = self.event(
             AuditKind::Logout,
@@ -658,33 +731,126 @@ impl AuthService {
                 }
             },
         };
-        if self.is_revoked(&claims, now).await? {
+        self.check_at(claims, meta, now).await
+    }
+
+    /// The checks after authenticity and expiry, for claims verified earlier (also by live
+    /// sessions when a revocation concerns them): not issued in the future, the token and its
+    /// refresh family not revoked, the user still there and enabled. The returned claims carry
+    /// the user's *current* role (a demotion or promotion applies at once). The user row comes
+    /// from the user cache (no database round trip on a hit; bypassed while the listener is
+    /// down).
+    pub async fn check_claims(
+        &self,
+        claims: AccessClaims,
+        meta: &RequestMeta,
+    ) -> Result<AccessClaims, AuthError> {
+        self.check_at(claims, meta, self.clock.now()).await
+    }
+
+    async fn check_at(
+        &self,
+        mut claims: AccessClaims,
+        meta: &RequestMeta,
+        now: DateTime<Utc>,
+    ) -> Result<AccessClaims, AuthError> {
+        if claims.issued_at > now + self.clock_skew {
+            self.audit_rejected(meta, Some(claims.user_id), "issued_in_future")
+                .await;
+            return Err(AuthError::InvalidToken);
+        }
+        let mut revoked = self.is_revoked(claims.jti, &claims, now).await?;
+        if !revoked && let Some(family) = claims.family_id {
+            revoked = self.is_revoked(family, &claims, now).await?;
+        }
+        if revoked {
             self.audit_rejected(meta, Some(claims.user_id), "revoked")
                 .await;
             return Err(AuthError::InvalidToken);
         }
-        Ok(claims)
+        match self.current_user(claims.user_id, now).await? {
+            Some(u) if !u.disabled => {
+                claims.role = u.role;
+                Ok(claims)
+            }
+            _ => {
+                self.audit_rejected(meta, Some(claims.user_id), "user_inactive")
+                    .await;
+                Err(AuthError::InvalidToken)
+            }
+        }
     }
 
+    /// Whether `id` (the token's jti or its family) is revoked, for a token with `claims`.
     async fn is_revoked(
         &self,
+        id: Uuid,
         claims: &AccessClaims,
         now: DateTime<Utc>,
     ) -> Result<bool, AuthError> {
         // A miss is trusted only for tokens whose lifetime fits what a notification entry
         // covers (tokens from an instance with a longer ttl are checked in the table).
         let fits = claims.expires_at - claims.issued_at <= self.tokens.ttl();
-        match self.cache.lookup(claims.jti) {
+        match self.cache.lookup(id) {
             CacheLookup::Revoked => Ok(true),
             CacheLookup::NotRevoked if fits => Ok(false),
             CacheLookup::NotRevoked | CacheLookup::Unknown => {
-                let revoked = self.repos.revocations.is_revoked(claims.jti).await?;
+                let revoked = self.repos.revocations.is_revoked(id).await?;
                 if revoked {
-                    self.cache.insert(claims.jti, claims.expires_at, now);
+                    self.cache.insert(id, claims.expires_at, now);
                 }
                 Ok(revoked)
             }
         }
+    }
+
+    /// Revokes a refresh family: its refresh tokens, and (persisted under the family id in the
+    /// revocation table, announced on NOTIFY, cached here) every access token carrying it. The
+    /// entry lives as long as any access token issued before now can. Returns how many live
+    /// refresh tokens were revoked.
+    async fn revoke_family(
+        &self,
+        family_id: Uuid,
+        user_id: UserId,
+        now: DateTime<Utc>,
+    ) -> Result<u64, AuthError> {
+        let revoked = self
+            .repos
+            .refresh_tokens
+            .revoke_family(family_id, now)
+            .await?;
+        let expires_at = now + self.tokens.ttl() + self.clock_skew;
+        self.repos
+            .revocations
+            .revoke(
+                RevokedToken {
+                    jti: family_id,
+                    expires_at,
+                },
+                user_id,
+            )
+            .await?;
+        self.cache.insert(family_id, expires_at, now);
+        self.announce(family_id);
+        Ok(revoked)
+    }
+
+    /// The user row, from the cache when it may be trusted, else from the database (and then
+    /// cached unless something changed meanwhile).
+    async fn current_user(
+        &self,
+        id: UserId,
+        now: DateTime<Utc>,
+    ) -> Result<Option<User>, AuthError> {
+        if let Some(u) = self.users.get(id, now) {
+            return Ok(Some(u));
+        }
+        let generation = self.users.generation();
+        let found = self.repos.users.find_by_id(id).await?;
+        if let Some(u) = &found {
+            self.users.insert(generation, u, now);
+        }
+        Ok(found)
     }
 
     // ---------------------------------------------------------------- listener
@@ -698,6 +864,8 @@ impl AuthService {
                 if let Err(e) = self.resync_revocations().await {
                     tracing::warn!(error = %e, "revocation cache warm-up failed; misses go to the database");
                 }
+                // Notifications may have been missed while disconnected: live sessions re-check.
+                self.announce(Uuid::nil());
             }
             ListenerEvent::Disconnected => {
                 self.cache.mark_unsynced();
@@ -705,13 +873,19 @@ impl AuthService {
             }
             ListenerEvent::Notification { channel, payload } if channel == REVOCATION_CHANNEL => {
                 match Uuid::parse_str(payload.trim()) {
-                    Ok(jti) => self.cache.on_notification(jti, self.clock.now()),
+                    Ok(jti) => {
+                        self.cache.on_notification(jti, self.clock.now());
+                        self.announce(jti);
+                    }
                     Err(_) => tracing::warn!("ignoring malformed revocation notification"),
                 }
             }
             ListenerEvent::Notification { channel, payload } if channel == USER_CHANGED_CHANNEL => {
                 match Uuid::parse_str(payload.trim()) {
-                    Ok(id) => self.users.invalidate(id),
+                    Ok(id) => {
+                        self.users.invalidate(id);
+                        self.announce(id);
+                    }
                     Err(_) => tracing::warn!("ignoring malformed user-changed notification"),
                 }
             }
@@ -735,18 +909,7 @@ impl AuthService {
 
     /// The user behind verified claims (`GET /auth/me`); a deleted or disabled user → 401.
     pub async fn me(&self, claims: &AccessClaims) -> Result<User, AuthError> {
-        let now = self.clock.now();
-        let user = match self.users.get(claims.user_id, now) {
-            Some(u) => Some(u),
-            None => {
-                let generation = self.users.generation();
-                let found = self.repos.users.find_by_id(claims.user_id).await?;
-                if let Some(u) = &found {
-                    self.users.insert(generation, u, now);
-                }
-                found
-            }
-        };
+        let user = self.current_user(claims.user_id, self.clock.now()).await?;
         match user {
             Some(u) if !u.disabled => Ok(u),
             _ => Err(AuthError::InvalidToken),
@@ -758,11 +921,13 @@ impl AuthService {
         &self.users
     }
 
-    /// Creates the configured admin or promotes the existing account (password unchanged).
+    /// Creates the configured admin; an existing admin with that email is left as it is. An
+    /// existing account that is *not* an admin is never promoted (whoever registered it knows
+    /// its password): `AdminEmailTaken`, and the server refuses to start.
     #[tracing::instrument(skip_all)]
     pub async fn ensure_admin(&self, email: &str, password: String) -> Result<User, AuthError> {
         let mut problems = Vec::new();
-        let email = Email::parse(email)
+        let email = normalize_email(email)
             .map_err(|e| problems.push(FieldProblem::new("/auth/admin_email", e.0)))
             .ok();
         let password = Password::parse(password)
@@ -776,13 +941,22 @@ impl AuthService {
             .repos
             .users
             .ensure_admin(NewUser {
-                email,
+                email: email.clone(),
                 name: "Administrator".to_owned(),
                 role: Role::Admin,
                 password_hash,
             })
             .await?;
         self.users.invalidate(user.id);
+        if user.role != Role::Admin {
+            tracing::error!(
+                user_id = %user.id,
+                email = %email.as_str(),
+                "SECURITY: the configured admin email belongs to an existing non-admin account; \
+                 refusing to promote it (its password was chosen by whoever registered it)"
+            );
+            return Err(AuthError::AdminEmailTaken(email.as_str().to_owned()));
+        }
         Ok(user)
     }
 

@@ -262,43 +262,73 @@ async fn unknown_email_still_verifies_the_dummy_hash() {
 }
 
 #[tokio::test]
-async fn account_locks_after_max_failures_and_unlocks_after_the_window() {
-    let h = harness().await;
+async fn failed_logins_beyond_the_free_ones_must_wait_a_doubling_capped_delay() {
+    // Old rule (a flat 15-minute lock anyone could trigger) replaced: 5 free failures, then
+    // each attempt must come 1 s, 2 s, 4 s, ... (capped) after the latest failure.
+    let h = harness_with(
+        AuthConfig {
+            lockout_max_delay: Duration::from_secs(8),
+            ..config()
+        },
+        KeyRing::new("k1", &KEY).unwrap(),
+    )
+    .await;
     h.register("ada@example.com").await;
-    for _ in 0..5 {
-        let e = h
-            .svc
+    let bad = || async {
+        h.svc
             .login("ada@example.com", "bad password 123".into(), &meta())
             .await
-            .unwrap_err();
-        assert!(matches!(e, AuthError::InvalidCredentials));
-    }
-    // Even the right password is refused now, without verifying anything.
-    let before = h.svc.hasher().verifications();
-    let e = h
-        .svc
-        .login("Ada@Example.com", PW.into(), &meta())
-        .await
-        .unwrap_err();
-    let AuthError::LockedOut { retry_after } = e else {
-        panic!("expected lockout, got {e:?}");
+            .unwrap_err()
     };
-    assert_eq!(retry_after, Duration::from_secs(900));
-    assert_eq!(e.kind(), ErrorKind::RateLimited);
-    assert_eq!(e.retry_after(), Some(Duration::from_secs(900)));
-    assert_eq!(h.svc.hasher().verifications(), before);
+    for _ in 0..5 {
+        assert!(matches!(bad().await, AuthError::InvalidCredentials));
+    }
+    for delay in [1i64, 2, 4, 8, 8] {
+        // Too early: refused without verifying anything, even with the right password.
+        let before = h.svc.hasher().verifications();
+        let e = h
+            .svc
+            .login("Ada@Example.com", PW.into(), &meta())
+            .await
+            .unwrap_err();
+        let AuthError::LockedOut { retry_after } = e else {
+            panic!("expected lockout, got {e:?}");
+        };
+        assert_eq!(retry_after, Duration::from_secs(delay as u64));
+        assert_eq!(e.kind(), ErrorKind::RateLimited);
+        assert_eq!(e.retry_after(), Some(retry_after));
+        assert_eq!(h.svc.hasher().verifications(), before);
+        // Just before the delay: still refused.
+        h.clock
+            .advance(TimeDelta::seconds(delay) - TimeDelta::milliseconds(10));
+        assert!(matches!(bad().await, AuthError::LockedOut { .. }));
+        // After it: one more guess is verified (and fails, doubling the delay).
+        h.clock.advance(TimeDelta::milliseconds(10));
+        assert!(matches!(bad().await, AuthError::InvalidCredentials));
+    }
     let lockouts = h.fakes.audit.of_kind(AuditKind::Lockout);
-    assert_eq!(lockouts.len(), 1);
+    assert!(!lockouts.is_empty());
     assert_eq!(lockouts[0].email.as_deref(), Some("ada@example.com"));
-
-    h.clock.advance(TimeDelta::minutes(14));
-    assert!(matches!(
-        h.svc.login("ada@example.com", PW.into(), &meta()).await,
-        Err(AuthError::LockedOut { .. })
-    ));
-    h.clock
-        .advance(TimeDelta::minutes(1) + TimeDelta::seconds(1));
+    // The owner waits at most the cap, then logs in.
+    h.clock.advance(TimeDelta::seconds(8));
     h.login("ada@example.com").await;
+    // Failures leave the window: no delay at all any more.
+    h.clock.advance(TimeDelta::minutes(15));
+    for _ in 0..5 {
+        assert!(matches!(bad().await, AuthError::InvalidCredentials));
+    }
+}
+
+#[test]
+fn progressive_delay_doubles_from_the_base_and_is_capped() {
+    use crate::service::progressive_delay_for_tests as d;
+    let s = Duration::from_secs;
+    assert_eq!(d(4, 5, s(1), s(300)), None);
+    assert_eq!(d(5, 5, s(1), s(300)), Some(s(1)));
+    assert_eq!(d(6, 5, s(1), s(300)), Some(s(2)));
+    assert_eq!(d(13, 5, s(1), s(300)), Some(s(256)));
+    assert_eq!(d(14, 5, s(1), s(300)), Some(s(300)));
+    assert_eq!(d(u64::MAX, 5, s(1), s(300)), Some(s(300)));
 }
 
 #[tokio::test]
@@ -604,7 +634,8 @@ async fn logout_revokes_the_access_and_the_refresh_token() {
         h.svc.refresh(&pair.refresh_token, &meta()).await,
         Err(AuthError::InvalidToken)
     ));
-    assert_eq!(h.fakes.revocations.len(), 1);
+    // The jti and the refresh family.
+    assert_eq!(h.fakes.revocations.len(), 2);
     let logout = h.fakes.audit.of_kind(AuditKind::Logout);
     assert_eq!(logout.len(), 1);
     assert_eq!(logout[0].user_id, Some(user.id));
@@ -685,7 +716,8 @@ async fn unsynced_cache_asks_the_database_on_a_miss() {
         .authenticate(&pair.access_token, &meta())
         .await
         .unwrap();
-    assert_eq!(h.fakes.revocations.is_revoked_calls(), 1);
+    // The jti and the refresh family.
+    assert_eq!(h.fakes.revocations.is_revoked_calls(), 2);
     // A revocation the cache never heard of is still honoured.
     let claims = h
         .svc
@@ -951,7 +983,7 @@ async fn a_cached_verification_still_expires_with_the_clock() {
 // ------------------------------------------------------------------------- admin, audit, purge
 
 #[tokio::test]
-async fn ensure_admin_creates_then_promotes_without_changing_the_password() {
+async fn ensure_admin_creates_the_admin_but_never_promotes_an_existing_account() {
     let h = harness().await;
     let admin = h
         .svc
@@ -967,16 +999,32 @@ async fn ensure_admin_creates_then_promotes_without_changing_the_password() {
             .unwrap()
             .is_admin()
     );
-    // An existing user is promoted; the stored password stays.
-    h.register("ada@example.com").await;
-    let before = h.fakes.users.password_hash_of("ada@example.com");
-    let promoted = h
+    // Again (a restart): the admin is left as it is.
+    let again = h
         .svc
-        .ensure_admin("ada@example.com", "another long password".into())
+        .ensure_admin("ROOT@example.com", "another long password".into())
         .await
         .unwrap();
-    assert_eq!(promoted.role, Role::Admin);
-    assert_eq!(h.fakes.users.password_hash_of("ada@example.com"), before);
+    assert_eq!(again.id, admin.id);
+    h.login("root@example.com").await;
+    // Someone registered the admin email first (a look-alike spelling too): refused, not
+    // promoted, and that account keeps being a plain user.
+    let squatter = h.register("ada@example.com").await;
+    let e = h
+        .svc
+        .ensure_admin("ＡＤＡ@example.com", "another long password".into())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, AuthError::AdminEmailTaken(ref m) if m == "ada@example.com"));
+    assert!(e.to_string().contains("GATHERING__AUTH__ADMIN_EMAIL"));
+    let pair = h.login("ada@example.com").await;
+    let c = h
+        .svc
+        .authenticate(&pair.access_token, &meta())
+        .await
+        .unwrap();
+    assert_eq!(c.user_id, squatter.id);
+    assert!(!c.is_admin());
     assert!(matches!(
         h.svc.ensure_admin("root@example.com", "short".into()).await,
         Err(AuthError::Validation(_))
@@ -1047,9 +1095,10 @@ async fn purge_removes_expired_revocations_and_refresh_tokens() {
     assert_eq!(report.revocations, 0);
     h.clock.advance(TimeDelta::days(15));
     let report = h.svc.purge_expired().await.unwrap();
-    assert_eq!(report.revocations, 1);
+    // The token's jti and its refresh family.
+    assert_eq!(report.revocations, 2);
     assert_eq!(report.refresh_tokens, 1);
-    assert_eq!(report.cache_evicted, 1);
+    assert_eq!(report.cache_evicted, 2);
     assert!(h.fakes.revocations.is_empty());
 }
 
@@ -1066,10 +1115,10 @@ async fn every_auth_event_kind_lands_in_the_audit_trail() {
     h.register("ada@example.com").await;
     let p1 = h.login("ada@example.com").await;
     let p2 = h.svc.refresh(&p1.refresh_token, &meta()).await.unwrap();
-    let _ = h.svc.refresh(&p1.refresh_token, &meta()).await;
     let _ = h.svc.authenticate("v4.local.nope", &meta()).await;
     let c = h.svc.authenticate(&p2.access_token, &meta()).await.unwrap();
     h.svc.logout(&c, None, &meta()).await.unwrap();
+    let _ = h.svc.refresh(&p1.refresh_token, &meta()).await;
     let _ = h
         .svc
         .login("ada@example.com", "bad bad bad bad".into(), &meta())
@@ -1089,7 +1138,8 @@ async fn every_auth_event_kind_lands_in_the_audit_trail() {
 async fn purge_resyncs_an_overflowed_cache_once_it_fits_again() {
     let h = harness_with(
         AuthConfig {
-            revocation_cache_capacity: 1,
+            // Each logout revokes two ids (jti and family).
+            revocation_cache_capacity: 2,
             ..config()
         },
         KeyRing::new("k1", &KEY).unwrap(),
@@ -1103,11 +1153,12 @@ async fn purge_resyncs_an_overflowed_cache_once_it_fits_again() {
         h.svc.logout(&c, None, &meta()).await.unwrap();
     }
     assert!(h.svc.revocation_cache().is_overflowed());
-    // Still two active revocations: a resync cannot hold them, trust stays off.
+    // Still four active revocations: a resync cannot hold them, trust stays off.
     h.svc.purge_expired().await.unwrap();
     assert!(!h.svc.revocation_cache().is_authoritative());
-    // Both expire; a fresh token gets revoked; the purge resyncs and it fits.
-    h.clock.advance(TimeDelta::seconds(901));
+    // All expire (family entries after ttl + skew); a fresh token gets revoked; the purge
+    // resyncs and it fits.
+    h.clock.advance(TimeDelta::seconds(961));
     let p = h.login("ada@example.com").await;
     let c = h.svc.authenticate(&p.access_token, &meta()).await.unwrap();
     h.svc.logout(&c, None, &meta()).await.unwrap();
@@ -1137,4 +1188,210 @@ async fn lockout_audits_are_bounded_per_second() {
         assert!(matches!(e, AuthError::LockedOut { .. }));
     }
     assert_eq!(h.fakes.audit.count(AuditKind::Lockout), 2);
+}
+
+// ------------------------------------------------------------------------- hardening
+
+fn find_by_id_calls(h: &H) -> u64 {
+    h.fakes
+        .users
+        .find_by_id_calls
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
+#[tokio::test]
+async fn a_disabled_user_or_a_demoted_admin_is_seen_on_the_next_request() {
+    let h = harness().await;
+    h.sync_cache().await;
+    let admin = h
+        .svc
+        .ensure_admin("root@example.com", PW.into())
+        .await
+        .unwrap();
+    let pair = h.login("root@example.com").await;
+    assert!(
+        h.svc
+            .authenticate(&pair.access_token, &meta())
+            .await
+            .unwrap()
+            .is_admin()
+    );
+    // A cache hit costs no user read.
+    let reads = find_by_id_calls(&h);
+    for _ in 0..3 {
+        h.svc
+            .authenticate(&pair.access_token, &meta())
+            .await
+            .unwrap();
+    }
+    assert_eq!(find_by_id_calls(&h), reads);
+    // Demoted (the trigger announces the change): the live token loses admin at once.
+    h.fakes.users.set_role(admin.id, Role::User);
+    h.svc
+        .handle_listener_event(&ListenerEvent::Notification {
+            channel: USER_CHANGED_CHANNEL.into(),
+            payload: admin.id.to_string(),
+        })
+        .await;
+    let c = h
+        .svc
+        .authenticate(&pair.access_token, &meta())
+        .await
+        .unwrap();
+    assert_eq!(c.role, Role::User);
+    // Disabled: 401 at once.
+    h.fakes.users.set_disabled(admin.id, true);
+    h.svc
+        .handle_listener_event(&ListenerEvent::Notification {
+            channel: USER_CHANGED_CHANNEL.into(),
+            payload: admin.id.to_string(),
+        })
+        .await;
+    assert!(matches!(
+        h.svc.authenticate(&pair.access_token, &meta()).await,
+        Err(AuthError::InvalidToken)
+    ));
+    assert!(
+        h.fakes
+            .audit
+            .of_kind(AuditKind::TokenRejected)
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("user_inactive"))
+    );
+}
+
+#[tokio::test]
+async fn while_the_listener_is_down_the_user_row_is_read_every_time() {
+    let h = harness().await;
+    h.register("ada@example.com").await;
+    let pair = h.login("ada@example.com").await;
+    let reads = find_by_id_calls(&h);
+    for _ in 0..2 {
+        h.svc
+            .authenticate(&pair.access_token, &meta())
+            .await
+            .unwrap();
+    }
+    assert_eq!(find_by_id_calls(&h), reads + 2);
+}
+
+#[tokio::test]
+async fn logout_without_a_refresh_token_still_kills_the_refresh_family() {
+    let h = harness().await;
+    h.register("ada@example.com").await;
+    let pair = h.login("ada@example.com").await;
+    // A second access token of the same family (after a refresh) and another session.
+    let p2 = h.svc.refresh(&pair.refresh_token, &meta()).await.unwrap();
+    let other = h.login("ada@example.com").await;
+    let c = h.svc.authenticate(&p2.access_token, &meta()).await.unwrap();
+    assert!(c.family_id.is_some());
+    let mut rx = h.svc.subscribe_revocations();
+    h.svc.logout(&c, None, &meta()).await.unwrap();
+    assert!(matches!(
+        h.svc.refresh(&p2.refresh_token, &meta()).await,
+        Err(AuthError::InvalidToken)
+    ));
+    for t in [&pair.access_token, &p2.access_token] {
+        assert!(h.svc.authenticate(t, &meta()).await.is_err());
+    }
+    // The other session is untouched.
+    h.svc
+        .authenticate(&other.access_token, &meta())
+        .await
+        .unwrap();
+    h.svc.refresh(&other.refresh_token, &meta()).await.unwrap();
+    // Live sessions hear of the jti and the family.
+    let mut heard = Vec::new();
+    while let Ok(id) = rx.try_recv() {
+        heard.push(id);
+    }
+    assert!(heard.contains(&c.jti));
+    assert!(heard.contains(&c.family_id.unwrap()));
+}
+
+#[tokio::test]
+async fn refresh_reuse_revokes_the_access_tokens_of_the_family_on_every_instance() {
+    let h = harness().await;
+    h.register("ada@example.com").await;
+    let p1 = h.login("ada@example.com").await;
+    let p2 = h.svc.refresh(&p1.refresh_token, &meta()).await.unwrap();
+    // Another instance on the same storage, listening.
+    let other = Arc::new(
+        AuthService::new(
+            h.fakes.repos(),
+            h.clock.clone(),
+            KeyRing::new("k1", &KEY).unwrap(),
+            config(),
+        )
+        .await
+        .unwrap(),
+    );
+    other.handle_listener_event(&ListenerEvent::Connected).await;
+    other.authenticate(&p2.access_token, &meta()).await.unwrap();
+    let mut notes = h.fakes.notifier.subscribe();
+    // The stolen first refresh token is replayed.
+    assert!(h.svc.refresh(&p1.refresh_token, &meta()).await.is_err());
+    assert!(h.svc.authenticate(&p2.access_token, &meta()).await.is_err());
+    while let Ok(ev) = notes.try_recv() {
+        other.handle_listener_event(&ev).await;
+    }
+    let calls = h.fakes.revocations.is_revoked_calls();
+    assert!(other.authenticate(&p2.access_token, &meta()).await.is_err());
+    assert!(other.authenticate(&p1.access_token, &meta()).await.is_err());
+    assert_eq!(
+        h.fakes.revocations.is_revoked_calls(),
+        calls,
+        "known from the notification"
+    );
+}
+
+#[tokio::test]
+async fn a_token_issued_in_the_future_is_refused() {
+    let h = harness().await;
+    h.register("ada@example.com").await;
+    h.clock.advance(TimeDelta::minutes(10));
+    let pair = h.login("ada@example.com").await;
+    h.clock.advance(TimeDelta::minutes(-10));
+    assert!(matches!(
+        h.svc.authenticate(&pair.access_token, &meta()).await,
+        Err(AuthError::InvalidToken)
+    ));
+}
+
+#[tokio::test]
+async fn look_alike_emails_are_one_account_at_register_and_login() {
+    let h = harness().await;
+    h.register("ada@bücher.de").await;
+    for twin in ["ADA@BÜCHER.DE", "ａｄａ@bücher.de", "ada@xn--bcher-kva.de"] {
+        assert!(matches!(
+            h.svc
+                .register(twin, PW.into(), "Twin".into(), &meta())
+                .await,
+            Err(AuthError::EmailTaken)
+        ));
+        h.login(twin).await;
+    }
+    assert_eq!(h.fakes.users.len(), 1);
+}
+
+#[tokio::test]
+async fn a_malformed_login_email_is_audited_and_counted() {
+    let h = harness().await;
+    let nul = "ada\0@example.com";
+    for _ in 0..5 {
+        assert!(matches!(
+            h.svc.login(nul, "bad password 123".into(), &meta()).await,
+            Err(AuthError::InvalidCredentials)
+        ));
+    }
+    let failures = h.fakes.audit.of_kind(AuditKind::LoginFailure);
+    assert_eq!(failures.len(), 5);
+    assert!(failures.iter().all(|e| {
+        e.reason.as_deref() == Some("malformed_email")
+            && e.email.as_deref().is_some_and(|m| !m.contains('\0'))
+    }));
+    assert!(matches!(
+        h.svc.login(nul, "bad password 123".into(), &meta()).await,
+        Err(AuthError::LockedOut { .. })
+    ));
 }

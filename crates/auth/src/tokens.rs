@@ -1,7 +1,7 @@
 //! PASETO v4.local access tokens with a key ring, and opaque refresh tokens.
 //!
-//! Access token payload: `{"sub", "role", "jti", "iat", "exp"}` (RFC 3339 times), footer
-//! `{"kid": "..."}`. The footer picks the key; the AEAD tag covers the footer, so a swapped kid
+//! Access token payload: `{"sub", "role", "jti", "iat", "exp", "fam"}` (RFC 3339 times; `fam`
+//! is the refresh family the token was issued from), footer `{"kid": "..."}`. The footer picks the key; the AEAD tag covers the footer, so a swapped kid
 //! fails like any tampering. Expiry is checked against the caller's clock, never the system's.
 
 use base64::Engine as _;
@@ -36,6 +36,10 @@ pub enum TokenError {
     BadSignature,
     #[error("token expired")]
     Expired,
+    /// `exp - iat` is longer than the configured lifetime (or not positive): only a holder of
+    /// the key can make such a token, so it is refused rather than trusted.
+    #[error("token lifetime exceeds the configured one")]
+    BadLifetime,
     #[error("invalid key: {0}")]
     InvalidKey(&'static str),
     #[error("token encoding failed")]
@@ -50,6 +54,7 @@ impl TokenError {
             TokenError::UnknownKey => "unknown_kid",
             TokenError::BadSignature => "bad_signature",
             TokenError::Expired => "expired",
+            TokenError::BadLifetime => "bad_lifetime",
             TokenError::InvalidKey(_) => "invalid_key",
             TokenError::Encoding => "encoding",
         }
@@ -161,6 +166,9 @@ pub struct AccessClaims {
     pub jti: Uuid,
     pub issued_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
+    /// The refresh-token family this token was issued from (logout and reuse detection revoke
+    /// the whole family). `None` only for tokens issued without one.
+    pub family_id: Option<Uuid>,
 }
 
 impl AccessClaims {
@@ -182,6 +190,8 @@ struct Payload {
     jti: Uuid,
     iat: String,
     exp: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    fam: Option<Uuid>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -223,11 +233,22 @@ impl AccessTokens {
         &self.keys
     }
 
-    /// A fresh token (new jti) for `user_id` valid from `now` for the ttl.
+    /// A fresh token (new jti) for `user_id` valid from `now` for the ttl, in no family.
     pub fn issue(
         &self,
         user_id: UserId,
         role: Role,
+        now: DateTime<Utc>,
+    ) -> Result<IssuedToken, TokenError> {
+        self.issue_in(user_id, role, None, now)
+    }
+
+    /// A fresh token bound to the refresh family `family_id` (the `fam` claim).
+    pub fn issue_in(
+        &self,
+        user_id: UserId,
+        role: Role,
+        family_id: Option<Uuid>,
         now: DateTime<Utc>,
     ) -> Result<IssuedToken, TokenError> {
         // Whole seconds, so the claims round-trip exactly through RFC 3339.
@@ -240,6 +261,7 @@ impl AccessTokens {
             jti,
             iat: rfc3339(iat),
             exp: rfc3339(exp),
+            fam: family_id,
         })
         .map_err(|_| TokenError::Encoding)?;
         let footer = serde_json::to_vec(&FooterJson {
@@ -256,11 +278,13 @@ impl AccessTokens {
                 jti,
                 issued_at: iat,
                 expires_at: exp,
+                family_id,
             },
         })
     }
 
-    /// Checks format, kid, authenticity and expiry (against `now`). Not revocation.
+    /// Checks format, kid, authenticity, lifetime (`0 < exp - iat <= ttl`) and expiry (against
+    /// `now`). Not revocation.
     pub fn verify(&self, token: &str, now: DateTime<Utc>) -> Result<AccessClaims, TokenError> {
         if token.is_empty() || token.len() > MAX_TOKEN_LEN {
             return Err(TokenError::Malformed);
@@ -285,6 +309,10 @@ impl AccessTokens {
         let role = Role::parse(&payload.role).ok_or(TokenError::Malformed)?;
         let issued_at = parse_time(&payload.iat)?;
         let expires_at = parse_time(&payload.exp)?;
+        let lifetime = expires_at - issued_at;
+        if lifetime <= TimeDelta::zero() || lifetime > self.ttl {
+            return Err(TokenError::BadLifetime);
+        }
         if now >= expires_at {
             return Err(TokenError::Expired);
         }
@@ -294,6 +322,7 @@ impl AccessTokens {
             jti: payload.jti,
             issued_at,
             expires_at,
+            family_id: payload.fam,
         })
     }
 }
@@ -456,6 +485,35 @@ mod tests {
             only_new.verify(&old_token.token, t0()),
             Err(TokenError::UnknownKey)
         );
+    }
+
+    #[test]
+    fn a_token_living_longer_than_the_configured_ttl_is_refused() {
+        // Same key, but a ttl of one day: a token only a key holder could make.
+        let long = AccessTokens::new(
+            KeyRing::new("k1", &[7u8; 32]).unwrap(),
+            std::time::Duration::from_secs(86_400),
+        )
+        .unwrap();
+        let forged = long.issue(Uuid::now_v7(), Role::Admin, t0()).unwrap();
+        let t = tokens(KeyRing::new("k1", &[7u8; 32]).unwrap());
+        assert_eq!(t.verify(&forged.token, t0()), Err(TokenError::BadLifetime));
+        assert_eq!(TokenError::BadLifetime.reason(), "bad_lifetime");
+        // Exactly the ttl is fine.
+        let ok = t.issue(Uuid::now_v7(), Role::User, t0()).unwrap();
+        assert!(t.verify(&ok.token, t0()).is_ok());
+    }
+
+    #[test]
+    fn the_family_claim_round_trips_and_is_optional() {
+        let t = tokens(KeyRing::new("k1", &[7u8; 32]).unwrap());
+        let fam = Uuid::now_v7();
+        let issued = t
+            .issue_in(Uuid::now_v7(), Role::User, Some(fam), t0())
+            .unwrap();
+        assert_eq!(t.verify(&issued.token, t0()).unwrap().family_id, Some(fam));
+        let none = t.issue(Uuid::now_v7(), Role::User, t0()).unwrap();
+        assert_eq!(t.verify(&none.token, t0()).unwrap().family_id, None);
     }
 
     #[test]

@@ -153,7 +153,8 @@ pub trait UserRepository: Send + Sync {
     async fn find_by_email(&self, email: &Email) -> Result<Option<UserCredentials>, RepoError>;
     async fn find_by_id(&self, id: UserId) -> Result<Option<User>, RepoError>;
     async fn update_password_hash(&self, id: UserId, password_hash: &str) -> Result<(), RepoError>;
-    /// Creates the user as admin, or promotes an existing one to admin. Never changes a password.
+    /// Creates the user as admin; an existing user with that email is returned unchanged (never
+    /// promoted, password kept): the caller refuses a non-admin one.
     async fn ensure_admin(&self, new: NewUser) -> Result<User, RepoError>;
 }
 

@@ -121,29 +121,42 @@ impl UserRepository for PgUserRepository {
 
     async fn ensure_admin(&self, new: NewUser) -> Result<User, RepoError> {
         let c = conn(&self.pool).await?;
-        // One statement: concurrent start-ups of several instances cannot race each other.
+        // One statement: concurrent start-ups of several instances cannot race each other. An
+        // existing row (admin or not) is returned unchanged: never promoted, and the caller
+        // decides what a non-admin row means.
         let stmt = c
             .prepare_cached(&format!(
-                "INSERT INTO auth.users (id, email, name, role, password_hash) \
-                 VALUES ($1, $2, $3, 'admin', $4) \
-                 ON CONFLICT ((lower(email))) DO UPDATE \
-                     SET role = 'admin', \
-                         updated_at = CASE WHEN auth.users.role = 'admin' \
-                                           THEN auth.users.updated_at ELSE now() END \
-                 RETURNING {USER_COLUMNS}"
+                "WITH ins AS ( \
+                     INSERT INTO auth.users (id, email, name, role, password_hash) \
+                     VALUES ($1, $2, $3, 'admin', $4) \
+                     ON CONFLICT ((lower(email))) DO NOTHING \
+                     RETURNING {USER_COLUMNS}) \
+                 SELECT {USER_COLUMNS} FROM ins \
+                 UNION ALL \
+                 SELECT {USER_COLUMNS} FROM auth.users \
+                 WHERE lower(email) = lower($2) AND NOT EXISTS (SELECT 1 FROM ins)"
+            ))
+            .await
+            .map_err(db_err)?;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] = [
+            &Uuid::now_v7(),
+            &new.email.as_str(),
+            &new.name,
+            &new.password_hash,
+        ];
+        if let Some(row) = c.query_opt(&stmt, &params).await.map_err(db_err)? {
+            return user_from_row(&row);
+        }
+        // Another instance inserted the row concurrently (not visible to our snapshot): it is
+        // committed now, so a plain read finds it.
+        let stmt = c
+            .prepare_cached(&format!(
+                "SELECT {USER_COLUMNS} FROM auth.users WHERE lower(email) = lower($1)"
             ))
             .await
             .map_err(db_err)?;
         let row = c
-            .query_one(
-                &stmt,
-                &[
-                    &Uuid::now_v7(),
-                    &new.email.as_str(),
-                    &new.name,
-                    &new.password_hash,
-                ],
-            )
+            .query_one(&stmt, &[&new.email.as_str()])
             .await
             .map_err(db_err)?;
         user_from_row(&row)

@@ -133,7 +133,7 @@ async fn update_password_hash_replaces_the_hash_and_unknown_user_is_not_found() 
 }
 
 #[tokio::test]
-async fn ensure_admin_creates_then_promotes_without_touching_the_password() {
+async fn ensure_admin_creates_but_never_promotes_or_touches_the_password() {
     let db = TestDb::new().await.unwrap();
     let repo = PgUserRepository::new(db.pool.clone());
 
@@ -153,15 +153,16 @@ async fn ensure_admin_creates_then_promotes_without_touching_the_password() {
     let creds = repo.find_by_email(&admin.email).await.unwrap().unwrap();
     assert_eq!(creds.password_hash, "hash-1");
 
-    // Promotes an existing plain user, keeping the password.
+    // An existing plain user is returned as it is: not promoted, password kept.
     let plain = user(&db, "bob@example.com").await;
     let mut promote = new_user("BOB@example.com", Role::User);
     promote.email = Email::from_trusted("BOB@example.com".to_owned());
     promote.password_hash = "other".to_owned();
-    let promoted = repo.ensure_admin(promote).await.unwrap();
-    assert_eq!(promoted.id, plain.id);
-    assert_eq!(promoted.role, Role::Admin);
+    let found = repo.ensure_admin(promote).await.unwrap();
+    assert_eq!(found.id, plain.id);
+    assert_eq!(found.role, Role::User);
     let creds = repo.find_by_email(&plain.email).await.unwrap().unwrap();
+    assert_eq!(creds.user.role, Role::User);
     assert_ne!(creds.password_hash, "other");
 }
 

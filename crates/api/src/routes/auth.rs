@@ -162,15 +162,29 @@ pub async fn refresh(
     }))
 }
 
+/// The optional logout body: absent (or only whitespace) is fine, anything else must be a
+/// JSON object of [`LogoutBody`].
+fn logout_body(body: &[u8]) -> Result<Option<LogoutBody>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    serde_json::from_slice::<LogoutBody>(body)
+        .map(Some)
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("malformed JSON: {e}")))
+}
+
+/// Revokes the access token and the refresh family it was issued from (so the refresh token
+/// of this session dies even without a body), plus the refresh token in the body if given.
 #[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth", request_body(content = LogoutBody, description = "optional"),
-    responses((status = 204), (status = 401)), security(("bearer" = [])))]
+    responses((status = 204), (status = 400, description = "malformed body"), (status = 401)),
+    security(("bearer" = [])))]
 pub async fn logout(
     req: HttpRequest,
     user: AuthUser,
     auth: web::Data<AuthService>,
-    body: Option<web::Json<LogoutBody>>,
+    body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let refresh = body.and_then(|b| b.into_inner().refresh_token);
+    let refresh = logout_body(&body)?.and_then(|b| b.refresh_token);
     auth.logout(&user.claims(), refresh, &request_meta(&req))
         .await?;
     Ok(HttpResponse::NoContent().finish())
@@ -243,4 +257,38 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/me", web::get().to(me)),
     )
     .route("/admin/audit", web::get().to(audit));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_absent_logout_body_is_fine_and_a_malformed_one_is_refused() {
+        assert!(matches!(logout_body(b""), Ok(None)));
+        assert!(matches!(logout_body(b" \n"), Ok(None)));
+        assert!(matches!(
+            logout_body(br#"{"refresh_token":"abc"}"#),
+            Ok(Some(LogoutBody { refresh_token: Some(ref t) })) if t == "abc"
+        ));
+        assert!(matches!(
+            logout_body(b"{}"),
+            Ok(Some(LogoutBody {
+                refresh_token: None
+            }))
+        ));
+        for bad in [
+            &b"{"[..],
+            b"null",
+            b"[1]",
+            br#"{"refresh_token": 5}"#,
+            b"garbage",
+        ] {
+            assert!(
+                logout_body(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
 }

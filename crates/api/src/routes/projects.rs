@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use gathering_domain::FieldProblem;
 use gathering_domain::projects::{NewProject, Project, ProjectRepository};
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -18,6 +18,19 @@ pub const TREE_MAX_DEPTH: usize = 4;
 pub const TREE_MAX_ENTRIES: usize = 1000;
 
 pub type Projects = Arc<dyn ProjectRepository>;
+
+/// The server's data directory (keys, the local cluster...), canonicalized. Optional app data
+/// (`web::Data<DataDir>`): when registered, a project whose root contains it, equals it or lies
+/// inside it is refused, so no project (and no agent tool working in one) can read
+/// `keys/token.key` and forge tokens.
+#[derive(Debug, Clone)]
+pub struct DataDir(pub PathBuf);
+
+/// Whether a project rooted at `root` would reach into `data_dir` (or live inside it). Both
+/// must be canonical paths.
+pub fn overlaps_data_dir(root: &Path, data_dir: &Path) -> bool {
+    data_dir.starts_with(root) || root.starts_with(data_dir)
+}
 
 #[derive(Deserialize, ToSchema)]
 pub struct CreateProjectBody {
@@ -69,6 +82,7 @@ pub struct PathQuery {
 pub async fn create(
     admin: AdminUser,
     projects: web::Data<Projects>,
+    data_dir: Option<web::Data<DataDir>>,
     body: web::Json<CreateProjectBody>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
@@ -87,11 +101,18 @@ pub async fn create(
         })
         .await
         .map_err(ApiError::internal)?;
-        if canonical.is_none() {
-            problems.push(FieldProblem::new(
+        match (&canonical, &data_dir) {
+            (None, _) => problems.push(FieldProblem::new(
                 "/root_path",
                 "must be an existing directory on the server",
-            ));
+            )),
+            (Some(root), Some(data)) if overlaps_data_dir(root, &data.0) => {
+                problems.push(FieldProblem::new(
+                    "/root_path",
+                    "must not contain, equal or lie inside the server's data directory",
+                ));
+            }
+            _ => {}
         }
         canonical
     };
@@ -190,4 +211,23 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/projects/{id}", web::get().to(get))
         .route("/projects/{id}/files", web::get().to(file))
         .route("/projects/{id}/tree", web::get().to(tree));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_root_containing_equal_to_or_inside_the_data_dir_overlaps_it() {
+        let data = Path::new("/srv/gathering/data");
+        assert!(overlaps_data_dir(Path::new("/"), data));
+        assert!(overlaps_data_dir(Path::new("/srv"), data));
+        assert!(overlaps_data_dir(Path::new("/srv/gathering/data"), data));
+        assert!(overlaps_data_dir(
+            Path::new("/srv/gathering/data/keys"),
+            data
+        ));
+        assert!(!overlaps_data_dir(Path::new("/srv/gathering/data2"), data));
+        assert!(!overlaps_data_dir(Path::new("/srv/projects"), data));
+    }
 }

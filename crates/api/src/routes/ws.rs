@@ -11,7 +11,9 @@
 //! skipped (reload state then). `?replay=true` first sends the user's recent history.
 //! The server pings every [`WsConfig::heartbeat_interval`] and closes a connection silent for
 //! [`WsConfig::client_timeout`]; it closes with 1001 (going away) on shutdown and with 1008 when
-//! the access token expires.
+//! the access token expires or is revoked: a logout, a refresh-family revocation (reuse
+//! detection) or a change making the user inactive (disabled, deleted) reaches every instance
+//! over LISTEN/NOTIFY, and each open socket it concerns re-checks its token at once.
 
 use crate::error::ApiError;
 use crate::extract::{AuthUser, authenticate_token, bearer};
@@ -19,9 +21,13 @@ use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use actix_ws::{CloseCode, CloseReason, Message, MessageStream, Session};
 use chrono::{DateTime, Utc};
+use gathering_auth::AuthService;
+use gathering_domain::ErrorCode;
+use gathering_domain::auth::RequestMeta;
 use gathering_events::{EventBus, Received, Shutdown, Subscription};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
+use tokio::sync::broadcast;
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -140,12 +146,14 @@ pub async fn connect(
     })?;
     let stream = stream.max_frame_size(config.max_frame_bytes);
     let bus = bus.get_ref().clone();
+    let auth = req.app_data::<web::Data<AuthService>>().cloned();
     actix_web::rt::spawn(async move {
         let conn = Connection {
             session,
             stream,
             config,
             shutdown,
+            auth,
         };
         // The request is kept only while the first message may still bring the token.
         let auth_req = subscribed.is_none().then_some(req);
@@ -167,6 +175,8 @@ struct Connection {
     stream: MessageStream,
     config: WsConfig,
     shutdown: CancellationToken,
+    /// Source of revocations to watch (none in tests that do not register it).
+    auth: Option<web::Data<AuthService>>,
 }
 
 /// How a connection ends: with a close frame (reason) or because the peer is gone.
@@ -265,11 +275,23 @@ impl Connection {
         );
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_seen = Instant::now();
+        // Subscribe first, then check once: a revocation between the upgrade and now is seen.
+        let mut revocations = self.auth.as_ref().map(|a| a.subscribe_revocations());
+        if let Some(end) = self.revalidate(user).await {
+            return end;
+        }
         loop {
             tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => return End::Close(CloseCode::Away, "server shutting down"),
                 _ = &mut expiry => return End::Close(CloseCode::Policy, "access token expired"),
+                id = next_revocation(&mut revocations) => {
+                    if concerns(user, id)
+                        && let Some(end) = self.revalidate(user).await
+                    {
+                        return end;
+                    }
+                }
                 _ = heartbeat.tick() => {
                     if last_seen.elapsed() > self.config.client_timeout {
                         return End::Close(CloseCode::Policy, "heartbeat timed out");
@@ -312,6 +334,26 @@ impl Connection {
         }
     }
 
+    /// Re-checks the session's token (revocation of its jti or family, the user's state):
+    /// `Some(close 1008)` once it is no longer valid.
+    async fn revalidate(&self, user: &AuthUser) -> Option<End> {
+        let auth = self.auth.as_ref()?;
+        match auth
+            .check_claims(user.claims(), &RequestMeta::default())
+            .await
+        {
+            Ok(_) => None,
+            Err(e) if e.kind() == gathering_domain::ErrorKind::Unauthorized => {
+                Some(End::Close(CloseCode::Policy, "access token revoked"))
+            }
+            Err(e) => {
+                // Fail closed, like an HTTP request would (503): the client reconnects later.
+                tracing::warn!(error = %e, "cannot re-check a WebSocket's token; closing it");
+                Some(End::Close(CloseCode::Error, "temporarily unavailable"))
+            }
+        }
+    }
+
     /// Hands one text message to the socket; false when the client is gone or not reading.
     async fn send(&mut self, text: String) -> bool {
         matches!(
@@ -319,6 +361,28 @@ impl Connection {
             Ok(Ok(()))
         )
     }
+}
+
+/// The next announced revocation (or change): a jti, a family, a user id, or the nil id for
+/// "anything may have changed" (also after this receiver lagged). Never resolves without a
+/// source.
+async fn next_revocation(rx: &mut Option<broadcast::Receiver<Uuid>>) -> Uuid {
+    let Some(r) = rx else {
+        return std::future::pending().await;
+    };
+    match r.recv().await {
+        Ok(id) => id,
+        Err(broadcast::error::RecvError::Lagged(_)) => Uuid::nil(),
+        Err(broadcast::error::RecvError::Closed) => {
+            *rx = None;
+            std::future::pending().await
+        }
+    }
+}
+
+/// Whether an announced id may concern this session's token.
+fn concerns(user: &AuthUser, id: Uuid) -> bool {
+    id.is_nil() || id == user.jti || id == user.id || Some(id) == user.family_id
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -352,6 +416,23 @@ mod tests {
         assert_eq!(v["data"]["run_id"], "r");
         assert!(v["at"].is_string());
         assert_eq!(v.as_object().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn a_revocation_concerns_the_token_its_family_or_its_user_only() {
+        let user = AuthUser {
+            id: Uuid::new_v4(),
+            role: gathering_domain::auth::Role::User,
+            jti: Uuid::new_v4(),
+            issued_at: Utc::now(),
+            expires_at: Utc::now(),
+            family_id: Some(Uuid::new_v4()),
+        };
+        assert!(concerns(&user, user.jti));
+        assert!(concerns(&user, user.id));
+        assert!(concerns(&user, user.family_id.unwrap()));
+        assert!(concerns(&user, Uuid::nil()));
+        assert!(!concerns(&user, Uuid::new_v4()));
     }
 
     #[test]
