@@ -10,7 +10,9 @@ use gathering_domain::FieldProblem;
 use gathering_domain::agents::{AgentRequest, AgentRunner};
 use gathering_domain::scheduler::{ActionType, Execution, PipelineLauncher, Schedule};
 use gathering_domain::tools::{ToolContext, ToolInvoker};
+use gathering_tools::net::{AllowList, ip_is_forbidden};
 use serde_json::{Map, Value, json};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
@@ -199,6 +201,35 @@ pub fn validate(action: ActionType, config: &Value) -> Vec<FieldProblem> {
         }
     }
     out
+}
+
+/// At store time: a `call_api` URL whose host is a literal loopback, private, link-local or
+/// otherwise non-public address (the SSRF guard's own classification) is refused
+/// unless the host is on the allow-list (`GATHERING__TOOLS__HTTP_ALLOWED_HOSTS`). Names are
+/// not resolved here: the guard checks every resolved address again when the action runs.
+pub fn check_call_api_target(config: &Value, allow: &AllowList) -> Option<FieldProblem> {
+    let raw = config.get("url")?.as_str()?;
+    let problem = |p: &str| Some(FieldProblem::new("/action_config/url", p));
+    let Ok(url) = url::Url::parse(raw.trim()) else {
+        return problem("must be a valid http:// or https:// URL");
+    };
+    if allow.allows(&url) {
+        return None;
+    }
+    let refused = match url.host() {
+        None => return problem("must name a host"),
+        Some(url::Host::Ipv4(ip)) => ip_is_forbidden(IpAddr::V4(ip)),
+        Some(url::Host::Ipv6(ip)) => ip_is_forbidden(IpAddr::V6(ip)),
+        // Names are resolved (and every address checked) when the action runs.
+        Some(url::Host::Domain(_)) => false,
+    };
+    if refused {
+        return problem(
+            "targets a loopback, private or otherwise non-public address; only hosts on the \
+             server's allow-list may be reached",
+        );
+    }
+    None
 }
 
 /// Retries of `call_api` on retryable tool failures (connection errors, timeouts, 429, 5xx).
@@ -523,6 +554,31 @@ mod tests {
             .is_empty()
         );
         assert_eq!(validate(ActionType::CallApi, &json!([])).len(), 1);
+    }
+
+    #[test]
+    fn call_api_to_a_literal_private_address_is_refused_unless_allowed() {
+        let none = AllowList::default();
+        for url in [
+            "http://127.0.0.1:8080/x",
+            "http://10.1.2.3/",
+            "http://169.254.169.254/latest/meta-data",
+            "http://[::1]/",
+            "http://2130706433/",
+        ] {
+            let p = check_call_api_target(&json!({ "url": url }), &none);
+            assert_eq!(
+                p.map(|p| p.field).as_deref(),
+                Some("/action_config/url"),
+                "{url}"
+            );
+        }
+        assert!(check_call_api_target(&json!({"url": "https://example.com/x"}), &none).is_none());
+        // Names are checked by the guard's resolver when the action runs.
+        assert!(check_call_api_target(&json!({"url": "http://localhost:9/"}), &none).is_none());
+        let allow = AllowList::new(&["127.0.0.1:8080".to_owned()]);
+        assert!(check_call_api_target(&json!({"url": "http://127.0.0.1:8080/x"}), &allow).is_none());
+        assert!(check_call_api_target(&json!({"url": "http://127.0.0.1:9/"}), &allow).is_some());
     }
 
     #[tokio::test]

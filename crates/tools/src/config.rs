@@ -23,6 +23,8 @@ pub struct ToolsConfig {
     pub max_file_bytes: u64,
     /// Redirects `http_request` follows (each hop is checked again).
     pub max_redirects: usize,
+    /// The per-user workspace-bytes quota `write_file` charges; `None`: unlimited.
+    pub workspace_quota: Option<crate::builtins::files::QuotaPort>,
 }
 
 impl Default for ToolsConfig {
@@ -35,6 +37,7 @@ impl Default for ToolsConfig {
             default_timeout: Duration::from_secs(30),
             max_file_bytes: 1024 * 1024,
             max_redirects: 5,
+            workspace_quota: None,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! `/auth/*` and `/admin/audit`.
 
 use crate::error::ApiError;
+use crate::json::Json;
 use crate::extract::{AdminUser, AuthUser, PageQuery, request_meta};
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
@@ -115,7 +116,7 @@ pub struct AuditQuery {
 pub async fn register(
     req: HttpRequest,
     auth: web::Data<AuthService>,
-    body: web::Json<RegisterBody>,
+    body: Json<RegisterBody>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let user = auth
@@ -130,7 +131,7 @@ pub async fn register(
 pub async fn login(
     req: HttpRequest,
     auth: web::Data<AuthService>,
-    body: web::Json<LoginBody>,
+    body: Json<LoginBody>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let pair = auth
@@ -149,7 +150,7 @@ pub async fn login(
 pub async fn refresh(
     req: HttpRequest,
     auth: web::Data<AuthService>,
-    body: web::Json<RefreshBody>,
+    body: Json<RefreshBody>,
 ) -> Result<HttpResponse, ApiError> {
     let pair = auth
         .refresh(&body.refresh_token, &request_meta(&req))
@@ -168,7 +169,7 @@ pub async fn logout(
     req: HttpRequest,
     user: AuthUser,
     auth: web::Data<AuthService>,
-    body: Option<web::Json<LogoutBody>>,
+    body: Option<Json<LogoutBody>>,
 ) -> Result<HttpResponse, ApiError> {
     let refresh = body.and_then(|b| b.into_inner().refresh_token);
     auth.logout(&user.claims(), refresh, &request_meta(&req))

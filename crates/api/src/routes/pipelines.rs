@@ -2,6 +2,7 @@
 //! answers 404.
 
 use crate::error::ApiError;
+use crate::json::Json;
 use crate::extract::{AuthUser, PageQuery};
 use actix_web::{HttpResponse, web};
 use chrono::{DateTime, Utc};
@@ -207,7 +208,7 @@ pub struct RunPage {
 pub async fn create(
     user: AuthUser,
     svc: web::Data<PipelineService>,
-    body: web::Json<CreatePipelineBody>,
+    body: Json<CreatePipelineBody>,
 ) -> Result<HttpResponse, ApiError> {
     let b = body.into_inner();
     let p = svc
@@ -262,7 +263,7 @@ pub async fn update(
     user: AuthUser,
     svc: web::Data<PipelineService>,
     id: web::Path<Uuid>,
-    body: web::Json<PatchPipelineBody>,
+    body: Json<PatchPipelineBody>,
 ) -> Result<HttpResponse, ApiError> {
     let b = body.into_inner();
     let p = svc
@@ -299,7 +300,7 @@ pub async fn start_run(
     user: AuthUser,
     svc: web::Data<PipelineService>,
     id: web::Path<Uuid>,
-    body: Option<web::Json<StartRunBody>>,
+    body: Option<Json<StartRunBody>>,
 ) -> Result<HttpResponse, ApiError> {
     let input = body
         .and_then(|b| b.into_inner().input)
