@@ -13,6 +13,7 @@
 use crate::error::ApiError;
 use actix_web::dev::Payload;
 use actix_web::error::JsonPayloadError;
+use actix_web::http::header;
 use actix_web::{FromRequest, HttpRequest, web};
 use gathering_domain::FieldProblem;
 use serde::de::DeserializeOwned;
@@ -66,6 +67,44 @@ impl<T: DeserializeOwned + 'static> FromRequest for Json<T> {
                 .map(Json)
                 .map_err(|e| crate::json_error(JsonPayloadError::Deserialize(e)).into())
         })
+    }
+}
+
+/// An optional JSON body: `None` when the request has no body at all, else exactly
+/// [`Json<T>`] (so a NUL or a malformed body is refused, never silently dropped — which
+/// `Option<Json<T>>` would do, as actix turns any extraction error into `None`).
+#[derive(Debug)]
+pub struct OptionalJson<T>(pub Option<T>);
+
+impl<T> OptionalJson<T> {
+    pub fn into_inner(self) -> Option<T> {
+        self.0
+    }
+}
+
+/// Whether the request announces a body (a non-zero length, or a chunked one).
+fn has_body(req: &HttpRequest) -> bool {
+    let headers = req.headers();
+    match headers.get(header::CONTENT_LENGTH) {
+        Some(len) => len
+            .to_str()
+            .ok()
+            .and_then(|l| l.trim().parse::<u64>().ok())
+            .is_none_or(|l| l > 0),
+        None => headers.contains_key(header::TRANSFER_ENCODING),
+    }
+}
+
+impl<T: DeserializeOwned + 'static> FromRequest for OptionalJson<T> {
+    type Error = actix_web::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, Self::Error>>>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        if !has_body(req) {
+            return Box::pin(async { Ok(OptionalJson(None)) });
+        }
+        let body = Json::<T>::from_request(req, payload);
+        Box::pin(async move { body.await.map(|b| OptionalJson(Some(b.0))) })
     }
 }
 
@@ -157,6 +196,24 @@ mod tests {
         assert_eq!(ok.name, "fine");
     }
 
+    #[actix_web::test]
+    async fn an_optional_body_is_none_only_when_absent() {
+        let (req, mut pl) = TestRequest::post().to_http_parts();
+        let none = OptionalJson::<Body>::from_request(&req, &mut pl).await.unwrap();
+        assert!(none.into_inner().is_none());
+        let (req, mut pl) = TestRequest::post()
+            .insert_header(("content-type", "application/json"))
+            .set_payload(r#"{"name": "\u0000"}"#)
+            .to_http_parts();
+        assert!(OptionalJson::<Body>::from_request(&req, &mut pl).await.is_err());
+        let (req, mut pl) = TestRequest::post()
+            .insert_header(("content-type", "application/json"))
+            .set_payload(r#"{"name": "n"}"#)
+            .to_http_parts();
+        let some = OptionalJson::<Body>::from_request(&req, &mut pl).await.unwrap();
+        assert_eq!(some.into_inner().map(|b| b.name).as_deref(), Some("n"));
+    }
+
     /// By construction: no route reads a body with `web::Json`, which would let NUL through.
     #[test]
     fn every_route_uses_the_nul_refusing_extractor() {
@@ -168,6 +225,13 @@ mod tests {
             assert!(
                 !text.contains("web::Json<") && !text.contains("web::Json("),
                 "{} reads a body with web::Json; use crate::json::Json",
+                path.display()
+            );
+            // actix turns any extraction error of an `Option<_>` into `None`: a refused body
+            // would be silently ignored.
+            assert!(
+                !text.contains("Option<Json<"),
+                "{} reads an optional body with Option<Json<_>>; use crate::json::OptionalJson",
                 path.display()
             );
             checked += 1;

@@ -1,7 +1,7 @@
 //! `/auth/*` and `/admin/audit`.
 
 use crate::error::ApiError;
-use crate::json::Json;
+use crate::json::{Json, OptionalJson};
 use crate::extract::{AdminUser, AuthUser, PageQuery, request_meta};
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
@@ -169,9 +169,9 @@ pub async fn logout(
     req: HttpRequest,
     user: AuthUser,
     auth: web::Data<AuthService>,
-    body: Option<Json<LogoutBody>>,
+    body: OptionalJson<LogoutBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let refresh = body.and_then(|b| b.into_inner().refresh_token);
+    let refresh = body.into_inner().and_then(|b| b.refresh_token);
     auth.logout(&user.claims(), refresh, &request_meta(&req))
         .await?;
     Ok(HttpResponse::NoContent().finish())

@@ -2,7 +2,7 @@
 //! answers 404.
 
 use crate::error::ApiError;
-use crate::json::Json;
+use crate::json::{Json, OptionalJson};
 use crate::extract::{AuthUser, PageQuery};
 use actix_web::{HttpResponse, web};
 use chrono::{DateTime, Utc};
@@ -300,10 +300,11 @@ pub async fn start_run(
     user: AuthUser,
     svc: web::Data<PipelineService>,
     id: web::Path<Uuid>,
-    body: Option<Json<StartRunBody>>,
+    body: OptionalJson<StartRunBody>,
 ) -> Result<HttpResponse, ApiError> {
     let input = body
-        .and_then(|b| b.into_inner().input)
+        .into_inner()
+        .and_then(|b| b.input)
         .unwrap_or_else(|| Value::Object(Default::default()));
     let run = svc.start_run(user.id, *id, input).await?;
     Ok(HttpResponse::Accepted().json(RunResponse::from(run)))
