@@ -21,6 +21,13 @@ pub const HTTP_METHODS: [&str; 7] = ["GET", "POST", "PUT", "PATCH", "DELETE", "H
 /// Upper bound of `call_api.max_attempts`.
 pub const MAX_ATTEMPTS_LIMIT: u64 = 10;
 const HTTP_MAX_TIMEOUT_MS: u64 = 300_000;
+/// Largest `action_config`, serialized (an `execute_pipeline` input or a `call_api` body
+/// included; a pipeline run's input is bounded to the same 256 KiB).
+pub const MAX_ACTION_CONFIG_BYTES: usize = 256 * 1024;
+/// Most `call_api` headers, and the longest header name and value.
+pub const MAX_HEADERS: usize = 64;
+const MAX_HEADER_NAME_CHARS: usize = 256;
+const MAX_HEADER_VALUE_CHARS: usize = 8192;
 
 fn check_keys(obj: &Map<String, Value>, allowed: &[&str], out: &mut Vec<FieldProblem>) {
     for k in obj.keys() {
@@ -109,6 +116,14 @@ pub fn validate(action: ActionType, config: &Value) -> Vec<FieldProblem> {
         out.push(FieldProblem::new("/action_config", "must be an object"));
         return out;
     };
+    let size = serde_json::to_vec(config).map_or(usize::MAX, |v| v.len());
+    if size > MAX_ACTION_CONFIG_BYTES {
+        out.push(FieldProblem::new(
+            "/action_config",
+            format!("must be at most {MAX_ACTION_CONFIG_BYTES} bytes as JSON"),
+        ));
+        return out;
+    }
     match action {
         ActionType::CallApi => {
             check_keys(
@@ -144,7 +159,22 @@ pub fn validate(action: ActionType, config: &Value) -> Vec<FieldProblem> {
             }
             match obj.get("headers") {
                 None => {}
-                Some(Value::Object(h)) if h.values().all(Value::is_string) => {}
+                Some(Value::Object(h)) if h.values().all(Value::is_string) => {
+                    let too_long = h.iter().any(|(k, v)| {
+                        k.chars().count() > MAX_HEADER_NAME_CHARS
+                            || v.as_str().map_or(0, |v| v.chars().count()) > MAX_HEADER_VALUE_CHARS
+                    });
+                    if h.len() > MAX_HEADERS || too_long {
+                        out.push(FieldProblem::new(
+                            "/action_config/headers",
+                            format!(
+                                "at most {MAX_HEADERS} headers, names of at most \
+                                 {MAX_HEADER_NAME_CHARS} and values of at most \
+                                 {MAX_HEADER_VALUE_CHARS} characters"
+                            ),
+                        ));
+                    }
+                }
                 Some(_) => out.push(FieldProblem::new(
                     "/action_config/headers",
                     "must be an object of string values",
@@ -554,6 +584,29 @@ mod tests {
             .is_empty()
         );
         assert_eq!(validate(ActionType::CallApi, &json!([])).len(), 1);
+    }
+
+    #[test]
+    fn action_configs_and_headers_are_bounded() {
+        let big = "x".repeat(MAX_ACTION_CONFIG_BYTES);
+        let p = validate(
+            ActionType::ExecutePipeline,
+            &json!({"pipeline_id": Uuid::now_v7(), "input": {"blob": big}}),
+        );
+        assert_eq!(p[0].field, "/action_config");
+        let headers: Map<String, Value> = (0..=MAX_HEADERS)
+            .map(|i| (format!("x-h{i}"), json!("v")))
+            .collect();
+        let p = validate(
+            ActionType::CallApi,
+            &json!({"url": "https://example.com/", "headers": headers}),
+        );
+        assert_eq!(p[0].field, "/action_config/headers");
+        let p = validate(
+            ActionType::CallApi,
+            &json!({"url": "https://example.com/", "headers": {"x": "v".repeat(9000)}}),
+        );
+        assert_eq!(p[0].field, "/action_config/headers");
     }
 
     #[test]
