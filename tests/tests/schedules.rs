@@ -12,6 +12,8 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 const ALLOW_LOOPBACK: (&str, &str) = ("GATHERING__TOOLS__HTTP_ALLOWED_HOSTS", "127.0.0.1");
+/// These tests fire every second; the production minimum interval is 10 s.
+const ONE_SECOND_SCHEDULES: (&str, &str) = ("GATHERING__SCHEDULER__MIN_INTERVAL_SECS", "1");
 
 /// A loopback HTTP server answering 200 to `/hit`, counting requests.
 async fn counter() -> Loopback {
@@ -56,7 +58,7 @@ async fn settled(app: &TestApp, token: &str, id: &str, at_least: usize) -> Vec<V
 
 #[tokio::test]
 async fn interval_schedule_fires_and_really_calls_the_api() {
-    let app = spawn_app_with(&[ALLOW_LOOPBACK]).await;
+    let app = spawn_app_with(&[ALLOW_LOOPBACK, ONE_SECOND_SCHEDULES]).await;
     let token = app.user_token().await;
     let server = counter().await;
     let r = app
@@ -94,7 +96,7 @@ async fn interval_schedule_fires_and_really_calls_the_api() {
 
 #[tokio::test]
 async fn run_now_answers_202_and_performs_the_action() {
-    let app = spawn_app_with(&[ALLOW_LOOPBACK]).await;
+    let app = spawn_app_with(&[ALLOW_LOOPBACK, ONE_SECOND_SCHEDULES]).await;
     let token = app.user_token().await;
     let server = counter().await;
     let s: Value = app
@@ -129,7 +131,7 @@ async fn run_now_answers_202_and_performs_the_action() {
 
 #[tokio::test]
 async fn paused_schedule_stops_firing() {
-    let app = spawn_app_with(&[ALLOW_LOOPBACK]).await;
+    let app = spawn_app_with(&[ALLOW_LOOPBACK, ONE_SECOND_SCHEDULES]).await;
     let token = app.user_token().await;
     let server = counter().await;
     let s: Value = app
@@ -254,8 +256,8 @@ async fn two_server_instances_execute_each_occurrence_once() {
     // Ten occurrences due each second, calls that take 100 ms, and at most two calls at once
     // per instance: one instance cannot take them all, so both get a share.
     const TWO_AT_ONCE: (&str, &str) = ("GATHERING__SCHEDULER__MAX_CONCURRENT", "2");
-    let a = spawn_app_on(&db, &[ALLOW_LOOPBACK, TWO_AT_ONCE]).await;
-    let b = spawn_app_on(&db, &[ALLOW_LOOPBACK, TWO_AT_ONCE]).await;
+    let a = spawn_app_on(&db, &[ALLOW_LOOPBACK, TWO_AT_ONCE, ONE_SECOND_SCHEDULES]).await;
+    let b = spawn_app_on(&db, &[ALLOW_LOOPBACK, TWO_AT_ONCE, ONE_SECOND_SCHEDULES]).await;
     let token = a.user_token().await;
     let server = Loopback::start(|_, _| {
         Answer::json(200, json!({"ok": true})).after(Duration::from_millis(100))

@@ -346,26 +346,18 @@ async fn call_api_to_a_loopback_address_is_refused_without_the_allow_list() {
     let token = app.user_token().await;
     let target = Target::start().await;
 
-    // An IP literal is refused before any connection is made.
-    let id = create_schedule(
-        &app,
-        &token,
-        "call_api",
-        json!({"url": target.url("/ok"), "max_attempts": 3}),
-    )
-    .await;
-    let e = run_now_and_wait(&app, &token, &id).await;
-    assert_eq!(e["status"], "failed", "{e}");
-    assert!(e["result"].is_null(), "no result on failure: {e}");
-    let error = e["error"].as_str().unwrap();
-    assert!(
-        error.contains("the target address is not allowed"),
-        "the error says (only) that the address is refused: {e}"
-    );
-    assert!(
-        error.contains("after 1 attempt"),
-        "a refusal is not retried: {e}"
-    );
+    // An IP literal is refused when the schedule is stored (hardening_limits.rs has more).
+    let r = app
+        .post(
+            "/schedules",
+            &json!({"name": "x", "interval_secs": 86_400, "action_type": "call_api",
+                    "action_config": {"url": target.url("/ok"), "max_attempts": 3}}),
+            Some(&token),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["details"][0]["field"], "/action_config/url", "{body}");
 
     // A name that resolves to loopback is refused by the resolver just the same.
     let port = target.port();

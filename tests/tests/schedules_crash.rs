@@ -19,7 +19,9 @@ const ALLOW_LOOPBACK: (&str, &str) = ("GATHERING__TOOLS__HTTP_ALLOWED_HOSTS", "1
 /// Crash-recovery timings of the main crash test's instances (production defaults: 60 s grace,
 /// 30 s stale, 5 s heartbeat), shortened through the configuration.
 const GRACE_SECS: i64 = 3;
-const FAST_RECOVERY: [(&str, &str); 3] = [
+const FAST_RECOVERY: [(&str, &str); 4] = [
+    // These schedules fire every second; the production minimum interval is 10 s.
+    ("GATHERING__SCHEDULER__MIN_INTERVAL_SECS", "1"),
     ("GATHERING__SCHEDULER__MISFIRE_GRACE_SECS", "3"),
     ("GATHERING__SCHEDULER__STALE_AFTER_SECS", "4"),
     ("GATHERING__SCHEDULER__HEARTBEAT_SECS", "1"),

@@ -25,6 +25,7 @@ pub struct Settings {
     pub events: EventsSettings,
     #[serde(default)]
     pub llm: LlmSettings,
+    pub quotas: QuotaSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -107,6 +108,20 @@ pub struct SchedulerSettings {
     pub stale_after_secs: u64,
     /// How late an occurrence may start and still count as on time rather than missed.
     pub misfire_grace_secs: u64,
+    /// Shortest schedule interval (and shortest gap between two cron firings); at least 1.
+    pub min_interval_secs: u64,
+    /// Longest cron pattern accepted, in characters.
+    pub max_cron_chars: usize,
+}
+
+/// Per-user quotas (`GATHERING__QUOTAS__*`); 0 disables one.
+#[derive(Debug, Clone, Deserialize)]
+pub struct QuotaSettings {
+    pub schedules_per_user: u64,
+    pub pipelines_per_user: u64,
+    pub agents_per_user: u64,
+    /// Bytes a user may write into workspaces (`write_file`), net of overwrites.
+    pub workspace_bytes_per_user: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -120,6 +135,11 @@ pub struct EventsSettings {
     pub ws_heartbeat_secs: u64,
     /// A WebSocket client silent (no pong, no message) for this long is closed with 1008.
     pub ws_client_timeout_secs: u64,
+    /// Open WebSocket connections per user on one instance.
+    pub ws_max_connections_per_user: usize,
+    /// Upgraded WebSocket connections still waiting for their first-message token, per
+    /// instance (all users together).
+    pub ws_max_unauthenticated: usize,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -187,6 +207,12 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("scheduler.heartbeat_secs", "5"),
     ("scheduler.stale_after_secs", "30"),
     ("scheduler.misfire_grace_secs", "60"),
+    ("scheduler.min_interval_secs", "10"),
+    ("scheduler.max_cron_chars", "128"),
+    ("quotas.schedules_per_user", "1000"),
+    ("quotas.pipelines_per_user", "1000"),
+    ("quotas.agents_per_user", "200"),
+    ("quotas.workspace_bytes_per_user", "104857600"),
     ("events.queue_capacity", "65536"),
     ("events.flush_window_ms", "50"),
     ("events.history_per_user", "200"),
@@ -194,6 +220,8 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("events.subscriber_capacity", "1024"),
     ("events.ws_heartbeat_secs", "15"),
     ("events.ws_client_timeout_secs", "45"),
+    ("events.ws_max_connections_per_user", "16"),
+    ("events.ws_max_unauthenticated", "256"),
 ];
 
 impl Settings {
@@ -294,6 +322,9 @@ mod tests {
         assert_eq!(s.auth.access_ttl_secs, 900);
         assert_eq!(s.rate_limit.auth_per_minute, 20);
         assert!(s.database_url.is_none());
+        assert_eq!(s.scheduler.min_interval_secs, 10);
+        assert_eq!(s.quotas.agents_per_user, 200);
+        assert_eq!(s.events.ws_max_connections_per_user, 16);
     }
 
     #[test]

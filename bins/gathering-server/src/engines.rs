@@ -100,6 +100,16 @@ pub fn tools_config(settings: &Settings) -> anyhow::Result<ToolsConfig> {
     })
 }
 
+/// The per-user quotas of `GATHERING__QUOTAS__*`.
+pub fn quota_limits(settings: &Settings) -> gathering_store::quotas::QuotaLimits {
+    gathering_store::quotas::QuotaLimits {
+        schedules_per_user: settings.quotas.schedules_per_user,
+        pipelines_per_user: settings.quotas.pipelines_per_user,
+        agents_per_user: settings.quotas.agents_per_user,
+        workspace_bytes_per_user: settings.quotas.workspace_bytes_per_user,
+    }
+}
+
 pub fn build(
     settings: &Settings,
     pool: &PgPool,
@@ -126,9 +136,13 @@ pub fn build(
     // Tools.
     let notifications: Arc<dyn NotificationRepository> =
         Arc::new(gathering_store::notifications::PgNotificationRepository::new(pool.clone()));
+    let mut tools_cfg = tools_config(settings)?;
+    tools_cfg.workspace_quota = Some(gathering_tools::builtins::files::QuotaPort(Arc::new(
+        gathering_store::quotas::PgQuotas::new(pool.clone(), &quota_limits(settings)),
+    )));
     let tools = Arc::new(
         ToolRegistry::with_builtins(
-            &tools_config(settings)?,
+            &tools_cfg,
             projects,
             notifications.clone(),
             publisher.clone(),
@@ -234,7 +248,14 @@ pub fn build(
             ..Default::default()
         },
     );
-    let schedules = Arc::new(ScheduleService::new(scheduler.clone()));
+    let schedules = Arc::new(ScheduleService::with_limits(
+        scheduler.clone(),
+        gathering_scheduler::ScheduleLimits {
+            min_interval_secs: settings.scheduler.min_interval_secs.max(1),
+            max_cron_chars: settings.scheduler.max_cron_chars,
+            http_allowed_hosts: tools_config(settings)?.http_allowed_hosts,
+        },
+    ));
 
     Ok(Engines {
         bus,

@@ -94,6 +94,9 @@ impl Application {
             .await
             .context("database migrations failed; the server did not start")?;
         info!(applied, "database schema is up to date");
+        gathering_store::quotas::apply_count_limits(&pool, &crate::engines::quota_limits(&settings))
+            .await
+            .context("cannot write the per-user quotas (GATHERING__QUOTAS__*)")?;
 
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let background = CancellationToken::new();
@@ -266,6 +269,8 @@ impl Application {
         let ws_config = web::Data::new(gathering_api::routes::ws::WsConfig {
             heartbeat_interval: Duration::from_secs(settings.events.ws_heartbeat_secs.max(1)),
             client_timeout: Duration::from_secs(settings.events.ws_client_timeout_secs.max(1)),
+            max_connections_per_user: settings.events.ws_max_connections_per_user,
+            max_unauthenticated: settings.events.ws_max_unauthenticated,
             ..Default::default()
         });
         let tools = web::Data::from(engines.tools.clone());

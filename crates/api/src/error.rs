@@ -60,6 +60,13 @@ impl ApiError {
         e.retry_after = Some(retry_after);
         e
     }
+    /// 429 `quota_exceeded`: a per-user (or per-instance) limit is reached; `retry_after`
+    /// when waiting helps.
+    pub fn quota_exceeded(message: impl Into<String>, retry_after: Option<Duration>) -> Self {
+        let mut e = Self::new(ErrorKind::RateLimited, "quota_exceeded", message);
+        e.retry_after = retry_after;
+        e
+    }
     pub fn internal(source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
         let mut e = Self::new(ErrorKind::Internal, "internal", "internal error");
         e.source = Some(source.into());

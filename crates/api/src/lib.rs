@@ -6,6 +6,7 @@
 
 pub mod error;
 pub mod extract;
+pub mod json;
 pub mod middleware;
 pub mod openapi;
 pub mod ratelimit;
@@ -57,7 +58,7 @@ fn json_config() -> web::JsonConfig {
         .error_handler(|err, _req: &HttpRequest| json_error(err).into())
 }
 
-fn json_error(err: JsonPayloadError) -> ApiError {
+pub(crate) fn json_error(err: JsonPayloadError) -> ApiError {
     match err {
         JsonPayloadError::Deserialize(e) if e.is_data() => {
             // Wrong type or missing field: the request is well-formed JSON but invalid.

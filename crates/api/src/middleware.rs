@@ -43,12 +43,18 @@ pub async fn request_id(
 
     // Handlers' and extractors' errors arrive as responses; an `Err` here can only come from a
     // middleware, and actix renders it through `ResponseError` (our JSON body).
-    let res = match AssertUnwindSafe(next.call(req)).catch_unwind().await {
-        Ok(Ok(res)) => res.map_into_boxed_body(),
-        Ok(Err(err)) => return Err(err),
-        Err(_) => {
-            tracing::error!(request_id = %rid, "handler panicked");
-            return Err(ApiError::internal("handler panicked").into());
+    let res = if let Some(refused) = nul_in_target(&req) {
+        // No route may see a NUL (`%00`) in its path segments or query parameters: PostgreSQL
+        // cannot store it, so it could only end as a 500 further in.
+        req.error_response(refused).map_into_boxed_body()
+    } else {
+        match AssertUnwindSafe(next.call(req)).catch_unwind().await {
+            Ok(Ok(res)) => res.map_into_boxed_body(),
+            Ok(Err(err)) => return Err(err),
+            Err(_) => {
+                tracing::error!(request_id = %rid, "handler panicked");
+                return Err(ApiError::internal("handler panicked").into());
+            }
         }
     };
     let mut res = complete_error(res, &rid);
@@ -58,6 +64,23 @@ pub async fn request_id(
     }
     security_headers(headers, &path);
     Ok(res)
+}
+
+/// A 400 when the request target's path or query string encodes a NUL character.
+fn nul_in_target(req: &ServiceRequest) -> Option<ApiError> {
+    if crate::json::encodes_nul(req.uri().path()) {
+        return Some(ApiError::bad_request(
+            "invalid_path",
+            "the URL path must not contain the NUL character (%00)",
+        ));
+    }
+    if crate::json::encodes_nul(req.query_string()) {
+        return Some(ApiError::bad_request(
+            "invalid_query",
+            "the query string must not contain the NUL character (%00)",
+        ));
+    }
+    None
 }
 
 /// Rewrites every error response into the one JSON error shape, with the request id, and logs

@@ -80,6 +80,15 @@ pub enum RepoError {
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("storage error")]
     Other(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The storage refused a value the caller sent (a NUL character, an invalid byte sequence,
+    /// a value too large to index): the request is invalid, not the server broken. The text
+    /// says what was refused, never internals.
+    #[error("{0}")]
+    Invalid(String),
+    /// A per-user quota (schedules, pipelines, agents, workspace bytes) would be exceeded; the
+    /// text names the quota and its limit.
+    #[error("{0}")]
+    QuotaExceeded(String),
 }
 
 impl ErrorCode for RepoError {
@@ -89,6 +98,7 @@ impl ErrorCode for RepoError {
             RepoError::Conflict(_) => ErrorKind::Conflict,
             RepoError::Unavailable(_) => ErrorKind::Unavailable,
             RepoError::Other(_) => ErrorKind::Internal,
+            RepoError::Invalid(_) | RepoError::QuotaExceeded(_) => ErrorKind::Validation,
         }
     }
     fn code(&self) -> &'static str {
@@ -97,6 +107,15 @@ impl ErrorCode for RepoError {
             RepoError::Conflict(_) => "conflict",
             RepoError::Unavailable(_) => "unavailable",
             RepoError::Other(_) => "internal",
+            RepoError::Invalid(_) => "validation_failed",
+            RepoError::QuotaExceeded(_) => "quota_exceeded",
+        }
+    }
+    fn details(&self) -> Vec<FieldProblem> {
+        match self {
+            // The storage cannot tell which field it was: the pointer is the whole body.
+            RepoError::Invalid(m) => vec![FieldProblem::new("", m.as_str())],
+            _ => Vec::new(),
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod notify;
 pub mod page;
 pub mod pipeline;
 pub mod projects;
+pub mod quotas;
 pub mod scheduler;
 pub mod tools;
 

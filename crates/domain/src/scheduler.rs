@@ -261,6 +261,11 @@ pub trait ScheduleRepository: Send + Sync {
         update: ScheduleUpdate,
     ) -> Result<Option<Schedule>, RepoError>;
     async fn delete(&self, owner: Uuid, id: Uuid) -> Result<bool, RepoError>;
+    /// Whether `owner` owns the agent `agent_id` (a `run_task` schedule may only name its
+    /// owner's agents).
+    async fn owns_agent(&self, owner: Uuid, agent_id: Uuid) -> Result<bool, RepoError>;
+    /// Whether `owner` owns the pipeline `pipeline_id` (same rule for `execute_pipeline`).
+    async fn owns_pipeline(&self, owner: Uuid, pipeline_id: Uuid) -> Result<bool, RepoError>;
 
     /// In ONE transaction: locks up to `batch` enabled schedules due at `now`
     /// (`FOR UPDATE SKIP LOCKED` + a transaction-scoped advisory lock each), inserts each

@@ -10,7 +10,9 @@ use gathering_domain::FieldProblem;
 use gathering_domain::agents::{AgentRequest, AgentRunner};
 use gathering_domain::scheduler::{ActionType, Execution, PipelineLauncher, Schedule};
 use gathering_domain::tools::{ToolContext, ToolInvoker};
+use gathering_tools::net::{AllowList, ip_is_forbidden};
 use serde_json::{Map, Value, json};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
@@ -19,6 +21,13 @@ pub const HTTP_METHODS: [&str; 7] = ["GET", "POST", "PUT", "PATCH", "DELETE", "H
 /// Upper bound of `call_api.max_attempts`.
 pub const MAX_ATTEMPTS_LIMIT: u64 = 10;
 const HTTP_MAX_TIMEOUT_MS: u64 = 300_000;
+/// Largest `action_config`, serialized (an `execute_pipeline` input or a `call_api` body
+/// included; a pipeline run's input is bounded to the same 256 KiB).
+pub const MAX_ACTION_CONFIG_BYTES: usize = 256 * 1024;
+/// Most `call_api` headers, and the longest header name and value.
+pub const MAX_HEADERS: usize = 64;
+const MAX_HEADER_NAME_CHARS: usize = 256;
+const MAX_HEADER_VALUE_CHARS: usize = 8192;
 
 fn check_keys(obj: &Map<String, Value>, allowed: &[&str], out: &mut Vec<FieldProblem>) {
     for k in obj.keys() {
@@ -107,6 +116,14 @@ pub fn validate(action: ActionType, config: &Value) -> Vec<FieldProblem> {
         out.push(FieldProblem::new("/action_config", "must be an object"));
         return out;
     };
+    let size = serde_json::to_vec(config).map_or(usize::MAX, |v| v.len());
+    if size > MAX_ACTION_CONFIG_BYTES {
+        out.push(FieldProblem::new(
+            "/action_config",
+            format!("must be at most {MAX_ACTION_CONFIG_BYTES} bytes as JSON"),
+        ));
+        return out;
+    }
     match action {
         ActionType::CallApi => {
             check_keys(
@@ -142,7 +159,22 @@ pub fn validate(action: ActionType, config: &Value) -> Vec<FieldProblem> {
             }
             match obj.get("headers") {
                 None => {}
-                Some(Value::Object(h)) if h.values().all(Value::is_string) => {}
+                Some(Value::Object(h)) if h.values().all(Value::is_string) => {
+                    let too_long = h.iter().any(|(k, v)| {
+                        k.chars().count() > MAX_HEADER_NAME_CHARS
+                            || v.as_str().map_or(0, |v| v.chars().count()) > MAX_HEADER_VALUE_CHARS
+                    });
+                    if h.len() > MAX_HEADERS || too_long {
+                        out.push(FieldProblem::new(
+                            "/action_config/headers",
+                            format!(
+                                "at most {MAX_HEADERS} headers, names of at most \
+                                 {MAX_HEADER_NAME_CHARS} and values of at most \
+                                 {MAX_HEADER_VALUE_CHARS} characters"
+                            ),
+                        ));
+                    }
+                }
                 Some(_) => out.push(FieldProblem::new(
                     "/action_config/headers",
                     "must be an object of string values",
@@ -199,6 +231,35 @@ pub fn validate(action: ActionType, config: &Value) -> Vec<FieldProblem> {
         }
     }
     out
+}
+
+/// At store time: a `call_api` URL whose host is a literal loopback, private, link-local or
+/// otherwise non-public address (the SSRF guard's own classification) is refused
+/// unless the host is on the allow-list (`GATHERING__TOOLS__HTTP_ALLOWED_HOSTS`). Names are
+/// not resolved here: the guard checks every resolved address again when the action runs.
+pub fn check_call_api_target(config: &Value, allow: &AllowList) -> Option<FieldProblem> {
+    let raw = config.get("url")?.as_str()?;
+    let problem = |p: &str| Some(FieldProblem::new("/action_config/url", p));
+    let Ok(url) = url::Url::parse(raw.trim()) else {
+        return problem("must be a valid http:// or https:// URL");
+    };
+    if allow.allows(&url) {
+        return None;
+    }
+    let refused = match url.host() {
+        None => return problem("must name a host"),
+        Some(url::Host::Ipv4(ip)) => ip_is_forbidden(IpAddr::V4(ip)),
+        Some(url::Host::Ipv6(ip)) => ip_is_forbidden(IpAddr::V6(ip)),
+        // Names are resolved (and every address checked) when the action runs.
+        Some(url::Host::Domain(_)) => false,
+    };
+    if refused {
+        return problem(
+            "targets a loopback, private or otherwise non-public address; only hosts on the \
+             server's allow-list may be reached",
+        );
+    }
+    None
 }
 
 /// Retries of `call_api` on retryable tool failures (connection errors, timeouts, 429, 5xx).
@@ -523,6 +584,54 @@ mod tests {
             .is_empty()
         );
         assert_eq!(validate(ActionType::CallApi, &json!([])).len(), 1);
+    }
+
+    #[test]
+    fn action_configs_and_headers_are_bounded() {
+        let big = "x".repeat(MAX_ACTION_CONFIG_BYTES);
+        let p = validate(
+            ActionType::ExecutePipeline,
+            &json!({"pipeline_id": Uuid::now_v7(), "input": {"blob": big}}),
+        );
+        assert_eq!(p[0].field, "/action_config");
+        let headers: Map<String, Value> = (0..=MAX_HEADERS)
+            .map(|i| (format!("x-h{i}"), json!("v")))
+            .collect();
+        let p = validate(
+            ActionType::CallApi,
+            &json!({"url": "https://example.com/", "headers": headers}),
+        );
+        assert_eq!(p[0].field, "/action_config/headers");
+        let p = validate(
+            ActionType::CallApi,
+            &json!({"url": "https://example.com/", "headers": {"x": "v".repeat(9000)}}),
+        );
+        assert_eq!(p[0].field, "/action_config/headers");
+    }
+
+    #[test]
+    fn call_api_to_a_literal_private_address_is_refused_unless_allowed() {
+        let none = AllowList::default();
+        for url in [
+            "http://127.0.0.1:8080/x",
+            "http://10.1.2.3/",
+            "http://169.254.169.254/latest/meta-data",
+            "http://[::1]/",
+            "http://2130706433/",
+        ] {
+            let p = check_call_api_target(&json!({ "url": url }), &none);
+            assert_eq!(
+                p.map(|p| p.field).as_deref(),
+                Some("/action_config/url"),
+                "{url}"
+            );
+        }
+        assert!(check_call_api_target(&json!({"url": "https://example.com/x"}), &none).is_none());
+        // Names are checked by the guard's resolver when the action runs.
+        assert!(check_call_api_target(&json!({"url": "http://localhost:9/"}), &none).is_none());
+        let allow = AllowList::new(&["127.0.0.1:8080".to_owned()]);
+        assert!(check_call_api_target(&json!({"url": "http://127.0.0.1:8080/x"}), &allow).is_none());
+        assert!(check_call_api_target(&json!({"url": "http://127.0.0.1:9/"}), &allow).is_some());
     }
 
     #[tokio::test]

@@ -40,6 +40,7 @@ impl ErrorCode for SchedulerError {
     fn details(&self) -> Vec<FieldProblem> {
         match self {
             SchedulerError::Validation(d) => d.clone(),
+            SchedulerError::Repo(e) => e.details(),
             _ => Vec::new(),
         }
     }

@@ -13,5 +13,5 @@ pub mod timing;
 pub mod worker;
 
 pub use error::SchedulerError;
-pub use service::{CreateSchedule, PatchSchedule, ScheduleService};
+pub use service::{CreateSchedule, PatchSchedule, ScheduleLimits, ScheduleService};
 pub use worker::{Scheduler, SchedulerConfig, SchedulerDeps, TickReport};

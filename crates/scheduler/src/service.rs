@@ -9,10 +9,62 @@ use gathering_domain::scheduler::{
     ActionType, Execution, MissedRuns, NewSchedule, OverlapPolicy, Schedule, ScheduleUpdate,
 };
 use gathering_domain::{FieldProblem, Page, PageRequest, RepoError};
+use gathering_tools::net::AllowList;
 use serde_json::Value;
 use uuid::Uuid;
 
 pub const MAX_NAME_CHARS: usize = 200;
+
+/// Per-schedule limits checked when a schedule is stored (`GATHERING__SCHEDULER__*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduleLimits {
+    /// Shortest `interval_secs`, and the shortest gap between two firings of a cron pattern
+    /// (`MIN_INTERVAL_SECS`, default 10; at least 1).
+    pub min_interval_secs: u64,
+    /// Longest cron pattern, in characters (`MAX_CRON_CHARS`, default 128).
+    pub max_cron_chars: usize,
+    /// Hosts a `call_api` action may target although loopback/private (the tools' allow-list).
+    pub http_allowed_hosts: Vec<String>,
+}
+
+impl Default for ScheduleLimits {
+    fn default() -> Self {
+        Self {
+            min_interval_secs: 10,
+            max_cron_chars: 128,
+            http_allowed_hosts: Vec::new(),
+        }
+    }
+}
+
+/// Occurrences examined (within a year) to find a cron pattern's shortest gap.
+const CRON_GAP_SAMPLES: usize = 2048;
+
+/// Whether two consecutive firings of `timing` (a cron pattern) within the next year come
+/// closer than `min_secs`. 5-field patterns fire at most once a minute, so a minimum of 60 s
+/// or less always holds.
+fn cron_fires_too_often(timing: &Timing, now: chrono::DateTime<chrono::Utc>, min_secs: i64) -> bool {
+    if min_secs <= 60 || !matches!(timing, Timing::Cron { .. }) {
+        return false;
+    }
+    let horizon = now + chrono::Duration::days(366);
+    let Some(mut prev) = timing.first_after(now) else {
+        return false;
+    };
+    for _ in 0..CRON_GAP_SAMPLES {
+        let Some(next) = timing.next_after(prev, prev) else {
+            return false;
+        };
+        if (next - prev).num_seconds() < min_secs {
+            return true;
+        }
+        if next > horizon {
+            return false;
+        }
+        prev = next;
+    }
+    false
+}
 
 /// What `POST /schedules` asks for (the API deserializes its own body). Enumerations are
 /// strings so a bad value is a 422 with details.
@@ -62,6 +114,8 @@ struct Valid {
 
 #[allow(clippy::too_many_arguments)]
 fn validate(
+    limits: &Checks,
+    now: chrono::DateTime<chrono::Utc>,
     name: &str,
     cron: Option<String>,
     interval_secs: Option<i64>,
@@ -91,13 +145,22 @@ fn validate(
             "/cron",
             "one of cron or interval_secs is required",
         )),
+        (Some(c), None) if c.chars().count() > limits.limits.max_cron_chars => {
+            problems.push(FieldProblem::new(
+                "/cron",
+                format!("must be at most {} characters", limits.limits.max_cron_chars),
+            ));
+        }
         (Some(c), None) => {
             if let Err(e) = crate::timing::parse_cron(c) {
                 problems.push(FieldProblem::new("/cron", e));
             }
         }
-        (None, Some(i)) if i < 1 => {
-            problems.push(FieldProblem::new("/interval_secs", "must be at least 1"));
+        (None, Some(i)) if i < limits.min_interval() => {
+            problems.push(FieldProblem::new(
+                "/interval_secs",
+                format!("must be at least {} seconds", limits.min_interval()),
+            ));
         }
         (None, Some(_)) => {}
     }
@@ -108,7 +171,13 @@ fn validate(
     }
     let action = ActionType::parse(action_type);
     match action {
-        Some(a) => problems.extend(actions::validate(a, &action_config)),
+        Some(a) => {
+            let shape = actions::validate(a, &action_config);
+            if shape.is_empty() && a == ActionType::CallApi {
+                problems.extend(actions::check_call_api_target(&action_config, &limits.allow));
+            }
+            problems.extend(shape);
+        }
         None => problems.push(FieldProblem::new(
             "/action_type",
             "must be one of run_task, execute_pipeline, send_notification, call_api",
@@ -130,6 +199,16 @@ fn validate(
     }
     let timing = if problems.is_empty() {
         match Timing::new(cron.as_deref(), interval_secs, timezone.as_deref()) {
+            Ok(t) if cron_fires_too_often(&t, now, limits.min_interval()) => {
+                problems.push(FieldProblem::new(
+                    "/cron",
+                    format!(
+                        "fires more often than once every {} seconds",
+                        limits.min_interval()
+                    ),
+                ));
+                None
+            }
             Ok(t) => Some(t),
             Err(e) => {
                 problems.push(FieldProblem::new("/cron", e));
@@ -170,15 +249,81 @@ fn first_run(
         .ok_or_else(|| SchedulerError::invalid("/cron", "the cron pattern never fires"))
 }
 
+/// The limits with the allow-list parsed once.
+struct Checks {
+    limits: ScheduleLimits,
+    allow: AllowList,
+}
+
+impl Checks {
+    fn new(limits: ScheduleLimits) -> Self {
+        let allow = AllowList::new(&limits.http_allowed_hosts);
+        Self { limits, allow }
+    }
+
+    fn min_interval(&self) -> i64 {
+        i64::try_from(self.limits.min_interval_secs.max(1)).unwrap_or(i64::MAX)
+    }
+}
+
+/// The agent or pipeline a `run_task` / `execute_pipeline` schedule names.
+fn referenced(action: ActionType, config: &Value) -> Option<(&'static str, Uuid)> {
+    let key = match action {
+        ActionType::RunTask => "agent_id",
+        ActionType::ExecutePipeline => "pipeline_id",
+        ActionType::CallApi | ActionType::SendNotification => return None,
+    };
+    let id = config.get(key)?.as_str()?.parse().ok()?;
+    Some((key, id))
+}
+
 pub struct ScheduleService {
     scheduler: Scheduler,
+    checks: Checks,
 }
 
 impl ScheduleService {
     /// The service shares the scheduler's repository, clock and notifier; run-now executes on
-    /// that scheduler instance.
+    /// that scheduler instance. Default [`ScheduleLimits`].
     pub fn new(scheduler: Scheduler) -> Self {
-        Self { scheduler }
+        Self::with_limits(scheduler, ScheduleLimits::default())
+    }
+
+    pub fn with_limits(scheduler: Scheduler, limits: ScheduleLimits) -> Self {
+        Self {
+            scheduler,
+            checks: Checks::new(limits),
+        }
+    }
+
+    pub fn limits(&self) -> &ScheduleLimits {
+        &self.checks.limits
+    }
+
+    /// A schedule may only name its owner's agent or pipeline. Another user's and a missing
+    /// one get the same answer (no existence leak).
+    async fn check_reference(
+        &self,
+        owner: Uuid,
+        action: ActionType,
+        config: &Value,
+    ) -> Result<(), SchedulerError> {
+        let Some((key, id)) = referenced(action, config) else {
+            return Ok(());
+        };
+        let repo = self.scheduler.repo();
+        let (owned, what) = match action {
+            ActionType::RunTask => (repo.owns_agent(owner, id).await?, "agent"),
+            _ => (repo.owns_pipeline(owner, id).await?, "pipeline"),
+        };
+        if owned {
+            Ok(())
+        } else {
+            Err(SchedulerError::invalid(
+                &format!("/action_config/{key}"),
+                format!("no such {what}"),
+            ))
+        }
     }
 
     pub fn scheduler(&self) -> &Scheduler {
@@ -191,6 +336,8 @@ impl ScheduleService {
         input: CreateSchedule,
     ) -> Result<Schedule, SchedulerError> {
         let v = validate(
+            &self.checks,
+            self.scheduler.clock().now(),
             &input.name,
             input.cron,
             input.interval_secs,
@@ -201,6 +348,8 @@ impl ScheduleService {
             input.overlap.as_deref().unwrap_or("skip"),
             input.max_executions,
         )?;
+        self.check_reference(owner, v.action_type, &v.action_config)
+            .await?;
         let enabled = input.enabled.unwrap_or(true);
         let next_run_at = if enabled {
             Some(first_run(&v, self.scheduler.clock().now())?)
@@ -266,7 +415,10 @@ impl ScheduleService {
         };
         let retimed =
             cron != cur.cron || interval_secs != cur.interval_secs || timezone != cur.timezone;
+        let reaction = patch.action_type.is_some() || patch.action_config.is_some();
         let v = validate(
+            &self.checks,
+            self.scheduler.clock().now(),
             patch.name.as_deref().unwrap_or(&cur.name),
             cron,
             interval_secs,
@@ -286,6 +438,10 @@ impl ScheduleService {
                 None => cur.max_executions,
             },
         )?;
+        if reaction {
+            self.check_reference(owner, v.action_type, &v.action_config)
+                .await?;
+        }
         let enabled = patch.enabled.unwrap_or(cur.enabled);
         let next_run_at = if !enabled {
             None

@@ -10,7 +10,7 @@ use gathering_domain::tools::{ToolContext, ToolError, ToolInvoker};
 use gathering_domain::{Clock, ErrorCode, ErrorKind, ManualClock, PageRequest, SystemClock};
 use gathering_scheduler::timing::Planner;
 use gathering_scheduler::{
-    CreateSchedule, PatchSchedule, ScheduleService, Scheduler, SchedulerConfig, SchedulerDeps,
+    CreateSchedule, PatchSchedule, ScheduleLimits, ScheduleService, Scheduler, SchedulerConfig, SchedulerDeps,
 };
 use gathering_store::scheduler::PgScheduleRepository;
 use gathering_store::test_support::TestDb;
@@ -106,6 +106,19 @@ fn scheduler(
     )
 }
 
+/// The service with test limits: 1-second intervals, and the fake tools' loopback target
+/// allowed (the production minimum is 10 s and loopback is refused at store time).
+fn service_for(scheduler: Scheduler) -> ScheduleService {
+    ScheduleService::with_limits(
+        scheduler,
+        ScheduleLimits {
+            min_interval_secs: 1,
+            http_allowed_hosts: vec!["127.0.0.1".to_owned()],
+            ..ScheduleLimits::default()
+        },
+    )
+}
+
 fn call_api(interval: i64) -> CreateSchedule {
     CreateSchedule {
         name: "ping".into(),
@@ -147,7 +160,7 @@ async fn two_instances_execute_every_occurrence_exactly_once() {
     };
     let a = scheduler(&db, tools.clone(), Arc::new(SystemClock), cfg());
     let b = scheduler(&db, tools.clone(), Arc::new(SystemClock), cfg());
-    let service = ScheduleService::new(a.clone());
+    let service = service_for(a.clone());
     let mut ids = Vec::new();
     for _ in 0..50 {
         ids.push(service.create(owner, call_api(1)).await.unwrap().id);
@@ -209,7 +222,7 @@ async fn running_executions_of_a_dead_instance_become_interrupted_and_never_reru
         clock.clone(),
         SchedulerConfig::default(),
     );
-    let service = ScheduleService::new(live.clone());
+    let service = service_for(live.clone());
     let s = service.create(owner, call_api(60)).await.unwrap();
 
     // A "crashed" instance claimed the occurrence, then stopped beating.
@@ -273,7 +286,7 @@ async fn missed_runs_case(
         clock.clone(),
         SchedulerConfig::default(),
     );
-    let service = ScheduleService::new(sch.clone());
+    let service = service_for(sch.clone());
     let s = service
         .create(
             owner,
@@ -333,7 +346,7 @@ async fn overlapping_occurrence_is_recorded_skipped_while_the_previous_runs() {
         clock.clone(),
         SchedulerConfig::default(),
     );
-    let service = ScheduleService::new(sch.clone());
+    let service = service_for(sch.clone());
     let s = service.create(owner, call_api(1)).await.unwrap();
     clock.advance(CDuration::seconds(1));
     assert_eq!(sch.tick_once().await.unwrap().started, 1);
@@ -368,7 +381,7 @@ async fn a_panicking_action_fails_its_execution_and_the_next_occurrence_still_ru
         clock.clone(),
         SchedulerConfig::default(),
     );
-    let service = ScheduleService::new(sch.clone());
+    let service = service_for(sch.clone());
     // overlap=skip: an execution left `running` would make every later occurrence `skipped`.
     let s = service
         .create(
@@ -416,7 +429,7 @@ async fn schedule_is_disabled_after_max_executions() {
         clock.clone(),
         SchedulerConfig::default(),
     );
-    let service = ScheduleService::new(sch.clone());
+    let service = service_for(sch.clone());
     let s = service
         .create(
             owner,
@@ -448,7 +461,7 @@ async fn run_now_executes_immediately_and_is_listed() {
         Arc::new(SystemClock),
         SchedulerConfig::default(),
     );
-    let service = ScheduleService::new(sch.clone());
+    let service = service_for(sch.clone());
     let s = service.create(owner, call_api(3600)).await.unwrap();
     let e = service.run_now(owner, s.id).await.unwrap();
     assert_eq!(e.status, ExecutionStatus::Running);
@@ -482,7 +495,7 @@ async fn paused_schedule_does_not_fire_and_resumes_on_enable() {
         clock.clone(),
         SchedulerConfig::default(),
     );
-    let service = ScheduleService::new(sch.clone());
+    let service = service_for(sch.clone());
     let s = service.create(owner, call_api(10)).await.unwrap();
     let paused = service
         .update(
@@ -535,7 +548,7 @@ async fn invalid_schedules_are_refused_with_field_details() {
         Arc::new(SystemClock),
         SchedulerConfig::default(),
     );
-    let service = ScheduleService::new(sch);
+    let service = service_for(sch);
     let err = service
         .create(
             owner,

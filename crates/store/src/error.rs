@@ -35,12 +35,24 @@ pub enum StoreError {
     Db(#[from] tokio_postgres::Error),
 }
 
+/// SQLSTATE raised by the `quotas.enforce_count()` trigger (migration V11) when a per-user
+/// count quota would be exceeded; the message names the quota and its limit.
+pub const QUOTA_EXCEEDED_SQLSTATE: &str = "GQ001";
+
 /// Maps a driver error: unique violations become `Conflict(constraint)`, connection problems
-/// `Unavailable`, anything else `Other`.
+/// `Unavailable`, values PostgreSQL refuses to store (a NUL character in text or jsonb, an
+/// invalid byte sequence, a value too large to index) `Invalid`, a quota trigger
+/// `QuotaExceeded`, anything else `Other`.
 pub fn db_err(e: tokio_postgres::Error) -> RepoError {
     if let Some(db) = e.as_db_error() {
         if db.code() == &SqlState::UNIQUE_VIOLATION {
             return RepoError::Conflict(db.constraint().unwrap_or("unique").to_owned());
+        }
+        if let Some(refused) = refused_value(db.code()) {
+            return RepoError::Invalid(refused.to_owned());
+        }
+        if db.code().code() == QUOTA_EXCEEDED_SQLSTATE {
+            return RepoError::QuotaExceeded(db.message().to_owned());
         }
         if db.code() == &SqlState::ADMIN_SHUTDOWN
             || db.code() == &SqlState::CANNOT_CONNECT_NOW
@@ -57,6 +69,23 @@ pub fn db_err(e: tokio_postgres::Error) -> RepoError {
         return RepoError::Unavailable(Box::new(e));
     }
     RepoError::Other(Box::new(e))
+}
+
+/// The client-facing reason for SQLSTATEs that mean "this value cannot be stored" — the
+/// request's fault, never a 500. `None` for every other state.
+fn refused_value(code: &SqlState) -> Option<&'static str> {
+    if code == &SqlState::CHARACTER_NOT_IN_REPERTOIRE {
+        // 22021: "invalid byte sequence for encoding UTF8: 0x00" (a NUL in a text value).
+        Some("a text value contains a character that cannot be stored (NUL or invalid byte sequence)")
+    } else if code == &SqlState::UNTRANSLATABLE_CHARACTER {
+        // 22P05: jsonb refuses \u0000 ("unsupported Unicode escape sequence").
+        Some("a JSON value contains a character that cannot be stored (\\u0000)")
+    } else if code == &SqlState::PROGRAM_LIMIT_EXCEEDED {
+        // 54000: e.g. an index row larger than a btree page.
+        Some("a value is too large to be stored")
+    } else {
+        None
+    }
 }
 
 /// A stored value this code does not understand (e.g. a status a CHECK should have refused).
@@ -89,4 +118,19 @@ pub fn fk_conflict(what: &str) -> impl Fn(tokio_postgres::Error) -> RepoError + 
 /// a failed recycle check) means the database is unavailable right now: 503, never 500.
 pub fn pool_err(e: deadpool_postgres::PoolError) -> RepoError {
     RepoError::Unavailable(Box::new(e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_postgres_refuses_are_the_requests_fault() {
+        assert!(refused_value(&SqlState::CHARACTER_NOT_IN_REPERTOIRE).is_some());
+        assert!(refused_value(&SqlState::UNTRANSLATABLE_CHARACTER).is_some());
+        assert!(refused_value(&SqlState::PROGRAM_LIMIT_EXCEEDED).is_some());
+        assert!(refused_value(&SqlState::UNIQUE_VIOLATION).is_none());
+        assert_eq!(SqlState::CHARACTER_NOT_IN_REPERTOIRE.code(), "22021");
+        assert_eq!(SqlState::UNTRANSLATABLE_CHARACTER.code(), "22P05");
+    }
 }

@@ -12,6 +12,7 @@ pub mod page;
 pub mod pipeline;
 pub mod pool;
 pub mod projects;
+pub mod quotas;
 pub mod revocations;
 pub mod scheduler;
 /// Only with the `test-support` feature (tests and benches), never in the server.

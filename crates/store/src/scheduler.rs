@@ -211,6 +211,30 @@ impl ScheduleRepository for PgScheduleRepository {
         Ok(n > 0)
     }
 
+    async fn owns_agent(&self, owner: Uuid, agent_id: Uuid) -> Result<bool, RepoError> {
+        let c = conn(&self.pool).await?;
+        let row = c
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM agents.agents WHERE id = $1 AND owner_id = $2)",
+                &[&agent_id, &owner],
+            )
+            .await
+            .map_err(db_err)?;
+        row.try_get(0).map_err(db_err)
+    }
+
+    async fn owns_pipeline(&self, owner: Uuid, pipeline_id: Uuid) -> Result<bool, RepoError> {
+        let c = conn(&self.pool).await?;
+        let row = c
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pipeline.pipelines WHERE id = $1 AND owner_id = $2)",
+                &[&pipeline_id, &owner],
+            )
+            .await
+            .map_err(db_err)?;
+        row.try_get(0).map_err(db_err)
+    }
+
     async fn claim_due(
         &self,
         now: DateTime<Utc>,

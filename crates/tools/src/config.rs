@@ -36,6 +36,8 @@ pub struct ToolsConfig {
     /// Most memory a `json_query` evaluation may materialize (array slots, object entries,
     /// new values, string bytes), in bytes (`GATHERING__TOOLS__JSON_QUERY_MAX_WORK_BYTES`).
     pub json_query_max_work_bytes: usize,
+    /// The per-user workspace-bytes quota `write_file` charges; `None`: unlimited.
+    pub workspace_quota: Option<crate::builtins::files::QuotaPort>,
 }
 
 impl Default for ToolsConfig {
@@ -52,6 +54,7 @@ impl Default for ToolsConfig {
             max_output_depth: 64,
             json_query_max_depth: 64,
             json_query_max_work_bytes: 64 * 1024 * 1024,
+            workspace_quota: None,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Agents: owner-scoped CRUD, chat with persisted sessions, memories.
 
 use crate::error::ApiError;
+use crate::json::Json;
 use crate::extract::{AuthUser, PageQuery};
 use actix_web::{HttpResponse, web};
 use chrono::{DateTime, Utc};
@@ -136,7 +137,7 @@ pub struct MemoryPage {
 pub async fn create(
     user: AuthUser,
     agents: web::Data<AgentService>,
-    body: web::Json<CreateAgentBody>,
+    body: Json<CreateAgentBody>,
 ) -> Result<HttpResponse, ApiError> {
     let b = body.into_inner();
     let agent = agents
@@ -188,7 +189,7 @@ pub async fn patch(
     user: AuthUser,
     agents: web::Data<AgentService>,
     id: web::Path<Uuid>,
-    body: web::Json<PatchAgentBody>,
+    body: Json<PatchAgentBody>,
 ) -> Result<HttpResponse, ApiError> {
     let b = body.into_inner();
     let agent = agents
@@ -228,7 +229,7 @@ pub async fn chat(
     user: AuthUser,
     agents: web::Data<AgentService>,
     id: web::Path<Uuid>,
-    body: web::Json<ChatBody>,
+    body: Json<ChatBody>,
 ) -> Result<HttpResponse, ApiError> {
     let b = body.into_inner();
     let out = agents
@@ -248,7 +249,7 @@ pub async fn add_memory(
     user: AuthUser,
     agents: web::Data<AgentService>,
     id: web::Path<Uuid>,
-    body: web::Json<MemoryBody>,
+    body: Json<MemoryBody>,
 ) -> Result<HttpResponse, ApiError> {
     let m = agents
         .add_memory(user.id, id.into_inner(), body.into_inner().content)

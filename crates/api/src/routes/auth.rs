@@ -1,6 +1,7 @@
 //! `/auth/*` and `/admin/audit`.
 
 use crate::error::ApiError;
+use crate::json::{Json, OptionalJson};
 use crate::extract::{AdminUser, AuthUser, PageQuery, request_meta};
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
@@ -115,7 +116,7 @@ pub struct AuditQuery {
 pub async fn register(
     req: HttpRequest,
     auth: web::Data<AuthService>,
-    body: web::Json<RegisterBody>,
+    body: Json<RegisterBody>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let user = auth
@@ -130,7 +131,7 @@ pub async fn register(
 pub async fn login(
     req: HttpRequest,
     auth: web::Data<AuthService>,
-    body: web::Json<LoginBody>,
+    body: Json<LoginBody>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let pair = auth
@@ -149,7 +150,7 @@ pub async fn login(
 pub async fn refresh(
     req: HttpRequest,
     auth: web::Data<AuthService>,
-    body: web::Json<RefreshBody>,
+    body: Json<RefreshBody>,
 ) -> Result<HttpResponse, ApiError> {
     let pair = auth
         .refresh(&body.refresh_token, &request_meta(&req))
@@ -164,15 +165,6 @@ pub async fn refresh(
 
 /// The optional logout body: absent (or only whitespace) is fine, anything else must be a
 /// JSON object of [`LogoutBody`].
-fn logout_body(body: &[u8]) -> Result<Option<LogoutBody>, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(None);
-    }
-    serde_json::from_slice::<LogoutBody>(body)
-        .map(Some)
-        .map_err(|e| ApiError::bad_request("invalid_json", format!("malformed JSON: {e}")))
-}
-
 /// Revokes the access token and the refresh family it was issued from (so the refresh token
 /// of this session dies even without a body), plus the refresh token in the body if given.
 #[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth", request_body(content = LogoutBody, description = "optional"),
@@ -182,9 +174,9 @@ pub async fn logout(
     req: HttpRequest,
     user: AuthUser,
     auth: web::Data<AuthService>,
-    body: web::Bytes,
+    body: OptionalJson<LogoutBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let refresh = logout_body(&body)?.and_then(|b| b.refresh_token);
+    let refresh = body.into_inner().and_then(|b| b.refresh_token);
     auth.logout(&user.claims(), refresh, &request_meta(&req))
         .await?;
     Ok(HttpResponse::NoContent().finish())
@@ -259,36 +251,3 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .route("/admin/audit", web::get().to(audit));
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_absent_logout_body_is_fine_and_a_malformed_one_is_refused() {
-        assert!(matches!(logout_body(b""), Ok(None)));
-        assert!(matches!(logout_body(b" \n"), Ok(None)));
-        assert!(matches!(
-            logout_body(br#"{"refresh_token":"abc"}"#),
-            Ok(Some(LogoutBody { refresh_token: Some(ref t) })) if t == "abc"
-        ));
-        assert!(matches!(
-            logout_body(b"{}"),
-            Ok(Some(LogoutBody {
-                refresh_token: None
-            }))
-        ));
-        for bad in [
-            &b"{"[..],
-            b"null",
-            b"[1]",
-            br#"{"refresh_token": 5}"#,
-            b"garbage",
-        ] {
-            assert!(
-                logout_body(bad).is_err(),
-                "{}",
-                String::from_utf8_lossy(bad)
-            );
-        }
-    }
-}

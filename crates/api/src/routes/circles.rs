@@ -1,6 +1,7 @@
 //! Circles of agents and the tasks they work together.
 
 use crate::error::ApiError;
+use crate::json::Json;
 use crate::extract::AuthUser;
 use crate::routes::agents::{AgentResponse, UsageResponse};
 use actix_web::{HttpResponse, web};
@@ -138,7 +139,7 @@ impl From<CircleTaskDetail> for TaskResponse {
 pub async fn create(
     user: AuthUser,
     circles: web::Data<CircleService>,
-    body: web::Json<CreateCircleBody>,
+    body: Json<CreateCircleBody>,
 ) -> Result<HttpResponse, ApiError> {
     let b = body.into_inner();
     let members = b
@@ -172,7 +173,7 @@ pub async fn create_task(
     user: AuthUser,
     circles: web::Data<CircleService>,
     id: web::Path<Uuid>,
-    body: web::Json<TaskBody>,
+    body: Json<TaskBody>,
 ) -> Result<HttpResponse, ApiError> {
     let b = body.into_inner();
     // Worked on its own task: a client that disconnects (actix then drops this handler) must

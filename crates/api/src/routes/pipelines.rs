@@ -2,6 +2,7 @@
 //! answers 404.
 
 use crate::error::ApiError;
+use crate::json::{Json, OptionalJson};
 use crate::extract::{AuthUser, PageQuery};
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
@@ -228,17 +229,23 @@ fn parse_body<T: DeserializeOwned>(
             format!("the request body must be at most {max} bytes"),
         )]));
     }
-    serde_json::from_slice(body).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => {
-            let field = e
-                .to_string()
-                .split('`')
-                .nth(1)
-                .map(|f| format!("/{f}"))
-                .unwrap_or_default();
-            ApiError::validation(vec![FieldProblem::new(field, e.to_string())])
-        }
-        _ => ApiError::bad_request("invalid_json", format!("malformed JSON: {e}")),
+    // Parsed as a value first, so a NUL anywhere is refused exactly as `Json<T>` refuses it.
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("malformed JSON: {e}")))?;
+    if let Some(pointer) = crate::json::find_nul(&value) {
+        return Err(ApiError::validation(vec![FieldProblem::new(
+            pointer,
+            crate::json::NUL_PROBLEM,
+        )]));
+    }
+    T::deserialize(value).map_err(|e| {
+        let field = e
+            .to_string()
+            .split('`')
+            .nth(1)
+            .map(|f| format!("/{f}"))
+            .unwrap_or_default();
+        ApiError::validation(vec![FieldProblem::new(field, e.to_string())])
     })
 }
 

@@ -1,6 +1,7 @@
 //! Projects (admin-registered directories) and their workspace files.
 
 use crate::error::ApiError;
+use crate::json::Json;
 use crate::extract::{AdminUser, AuthUser, PageQuery};
 use actix_web::{HttpResponse, web};
 use chrono::{DateTime, Utc};
@@ -83,7 +84,7 @@ pub async fn create(
     admin: AdminUser,
     projects: web::Data<Projects>,
     data_dir: Option<web::Data<DataDir>>,
-    body: web::Json<CreateProjectBody>,
+    body: Json<CreateProjectBody>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let mut problems = Vec::new();

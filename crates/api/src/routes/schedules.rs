@@ -2,6 +2,7 @@
 //! answers 404. Pause with `PATCH {"enabled": false}`.
 
 use crate::error::ApiError;
+use crate::json::Json;
 use crate::extract::{AuthUser, PageQuery};
 use actix_web::{HttpResponse, web};
 use chrono::{DateTime, Utc};
@@ -179,7 +180,7 @@ pub struct ExecutionPage {
 pub async fn create(
     user: AuthUser,
     svc: web::Data<ScheduleService>,
-    body: web::Json<CreateScheduleBody>,
+    body: Json<CreateScheduleBody>,
 ) -> Result<HttpResponse, ApiError> {
     let b = body.into_inner();
     let s = svc
@@ -239,7 +240,7 @@ pub async fn update(
     user: AuthUser,
     svc: web::Data<ScheduleService>,
     id: web::Path<Uuid>,
-    body: web::Json<PatchScheduleBody>,
+    body: Json<PatchScheduleBody>,
 ) -> Result<HttpResponse, ApiError> {
     let b = body.into_inner();
     let s = svc

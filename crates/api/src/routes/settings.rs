@@ -1,6 +1,7 @@
 //! Per-user provider settings. Keys are encrypted at rest and never returned, only a hint.
 
 use crate::error::ApiError;
+use crate::json::Json;
 use crate::extract::AuthUser;
 use actix_web::{HttpResponse, web};
 use gathering_domain::agents::Provider;
@@ -42,7 +43,7 @@ pub async fn put(
     user: AuthUser,
     settings: web::Data<SettingsService>,
     provider: web::Path<String>,
-    body: web::Json<ProviderBody>,
+    body: Json<ProviderBody>,
 ) -> Result<HttpResponse, ApiError> {
     let provider = Provider::parse(&provider.into_inner()).ok_or_else(ApiError::not_found)?;
     let b = body.into_inner();

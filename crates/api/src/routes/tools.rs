@@ -1,6 +1,7 @@
 //! Tools: the registry's listing and direct invocation.
 
 use crate::error::ApiError;
+use crate::json::Json;
 use crate::extract::AuthUser;
 use crate::middleware::RequestId;
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
@@ -73,7 +74,7 @@ pub async fn invoke(
     req: HttpRequest,
     tools: web::Data<ToolRegistry>,
     name: web::Path<String>,
-    body: web::Json<InvokeBody>,
+    body: Json<InvokeBody>,
 ) -> Result<HttpResponse, ApiError> {
     let idempotency_key = req
         .headers()

@@ -26,6 +26,9 @@ use gathering_domain::ErrorCode;
 use gathering_domain::auth::RequestMeta;
 use gathering_events::{EventBus, Received, Shutdown, Subscription};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::broadcast;
 use tokio::time::{Instant, sleep_until, timeout};
@@ -46,6 +49,14 @@ pub struct WsConfig {
     pub send_timeout: Duration,
     /// Largest frame accepted from a client.
     pub max_frame_bytes: usize,
+    /// Open connections per user on this instance (0: unlimited). One more is refused: 429
+    /// before the upgrade, or a 1008 close when the token came in the first message.
+    pub max_connections_per_user: usize,
+    /// Upgraded connections still waiting for their first-message token, on this instance
+    /// (0: unlimited). One more upgrade is refused with 429.
+    pub max_unauthenticated: usize,
+    /// The live counts; shared by every clone of this configuration.
+    pub admission: Arc<WsAdmission>,
 }
 
 impl Default for WsConfig {
@@ -56,8 +67,104 @@ impl Default for WsConfig {
             auth_timeout: Duration::from_secs(5),
             send_timeout: Duration::from_secs(10),
             max_frame_bytes: 16 * 1024,
+            max_connections_per_user: 16,
+            max_unauthenticated: 256,
+            admission: Arc::new(WsAdmission::default()),
         }
     }
+}
+
+/// How long a client refused for too many connections is told to wait.
+const ADMISSION_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// Live connection counts of one instance: open connections per user, and upgrades waiting
+/// for their first-message token. Slots are RAII guards: dropping one (the connection ended,
+/// however) gives it back.
+#[derive(Debug, Default)]
+pub struct WsAdmission {
+    unauthenticated: AtomicUsize,
+    per_user: parking_lot::Mutex<HashMap<Uuid, usize>>,
+}
+
+impl WsAdmission {
+    /// A slot for one more open connection of `user`; `None` at `max` (0: unlimited).
+    pub fn admit_user(self: &Arc<Self>, user: Uuid, max: usize) -> Option<UserSlot> {
+        let mut map = self.per_user.lock();
+        let n = map.entry(user).or_insert(0);
+        if max != 0 && *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(UserSlot {
+            admission: Arc::clone(self),
+            user,
+        })
+    }
+
+    /// A slot for one more connection without a token yet; `None` at `max` (0: unlimited).
+    pub fn admit_unauthenticated(self: &Arc<Self>, max: usize) -> Option<PendingSlot> {
+        let admitted = self
+            .unauthenticated
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (max == 0 || n < max).then_some(n + 1)
+            })
+            .is_ok();
+        admitted.then(|| PendingSlot {
+            admission: Arc::clone(self),
+        })
+    }
+
+    /// Open connections of `user`.
+    pub fn connections_of(&self, user: Uuid) -> usize {
+        self.per_user.lock().get(&user).copied().unwrap_or(0)
+    }
+
+    /// Connections waiting for their first-message token.
+    pub fn unauthenticated(&self) -> usize {
+        self.unauthenticated.load(Ordering::Acquire)
+    }
+}
+
+/// One open connection of a user; released on drop.
+#[derive(Debug)]
+pub struct UserSlot {
+    admission: Arc<WsAdmission>,
+    user: Uuid,
+}
+
+impl Drop for UserSlot {
+    fn drop(&mut self) {
+        let mut map = self.admission.per_user.lock();
+        if let Some(n) = map.get_mut(&self.user) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.user);
+            }
+        }
+    }
+}
+
+/// One connection still waiting for its token; released on drop.
+#[derive(Debug)]
+pub struct PendingSlot {
+    admission: Arc<WsAdmission>,
+}
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        self.admission.unauthenticated.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The slot a connection holds: pending until its token arrives, then the user's.
+#[derive(Debug, Default)]
+struct Slots {
+    pending: Option<PendingSlot>,
+    user: Option<UserSlot>,
+}
+
+fn too_many(message: &str) -> ApiError {
+    ApiError::quota_exceeded(message, Some(ADMISSION_RETRY_AFTER))
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
@@ -132,6 +239,33 @@ pub async fn connect(
             ));
         }
     };
+    // Admission: a slot of the user's connections, or of the connections without a token.
+    // Nothing is counted for a request that is not an upgrade (it fails just below).
+    let mut slots = Slots::default();
+    if is_upgrade(&req) {
+        match &user {
+            Some(u) => {
+                slots.user = Some(
+                    config
+                        .admission
+                        .admit_user(u.id, config.max_connections_per_user)
+                        .ok_or_else(|| {
+                            too_many("too many open WebSocket connections for this user")
+                        })?,
+                );
+            }
+            None => {
+                slots.pending = Some(
+                    config
+                        .admission
+                        .admit_unauthenticated(config.max_unauthenticated)
+                        .ok_or_else(|| {
+                            too_many("too many WebSocket connections waiting for a token")
+                        })?,
+                );
+            }
+        }
+    }
     // Subscribe before answering, so the client sees every event published after the 101.
     let subscribed = user.map(|u| {
         let sub = subscribe(&bus, u.id, replay);
@@ -154,6 +288,7 @@ pub async fn connect(
             config,
             shutdown,
             auth,
+            slots,
         };
         // The request is kept only while the first message may still bring the token.
         let auth_req = subscribed.is_none().then_some(req);
@@ -177,6 +312,8 @@ struct Connection {
     shutdown: CancellationToken,
     /// Source of revocations to watch (none in tests that do not register it).
     auth: Option<web::Data<AuthService>>,
+    /// Held for the connection's life (RAII).
+    slots: Slots,
 }
 
 /// How a connection ends: with a close frame (reason) or because the peer is gone.
@@ -218,6 +355,22 @@ impl Connection {
         }
     }
 
+    /// Trades the pending slot for one of the user's, once the first message authenticated
+    /// the connection; 1008 when the user already has too many.
+    fn admit(&mut self, user: AuthUser) -> Result<AuthUser, End> {
+        let slot = self
+            .config
+            .admission
+            .admit_user(user.id, self.config.max_connections_per_user)
+            .ok_or(End::Close(
+                CloseCode::Policy,
+                "too many open WebSocket connections for this user",
+            ))?;
+        self.slots.user = Some(slot);
+        self.slots.pending = None;
+        Ok(user)
+    }
+
     /// Waits for `{"access_token": "..."}` as the first text message.
     async fn first_message_auth(&mut self, req: &HttpRequest) -> Result<AuthUser, End> {
         let deadline = Instant::now() + self.config.auth_timeout;
@@ -239,9 +392,10 @@ impl Connection {
                             "expected {\"access_token\": \"...\"} first",
                         ));
                     };
-                    return authenticate_token(req, &auth.access_token)
+                    let user = authenticate_token(req, &auth.access_token)
                         .await
-                        .map_err(|_| End::Close(CloseCode::Policy, "invalid access token"));
+                        .map_err(|_| End::Close(CloseCode::Policy, "invalid access token"))?;
+                    return self.admit(user);
                 }
                 Some(Ok(Message::Ping(b))) => {
                     if self.session.pong(&b).await.is_err() {
@@ -402,6 +556,29 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 mod tests {
     use super::*;
     use actix_web::test::TestRequest;
+
+    #[test]
+    fn admission_slots_are_bounded_and_given_back_on_drop() {
+        let a = Arc::new(WsAdmission::default());
+        let u = Uuid::now_v7();
+        let first = a.admit_user(u, 2).unwrap();
+        let second = a.admit_user(u, 2).unwrap();
+        assert!(a.admit_user(u, 2).is_none());
+        assert!(a.admit_user(Uuid::now_v7(), 2).is_some(), "per user");
+        drop(first);
+        assert_eq!(a.connections_of(u), 1);
+        let third = a.admit_user(u, 2).unwrap();
+        drop((second, third));
+        assert_eq!(a.connections_of(u), 0);
+        assert!(a.per_user.lock().is_empty(), "no entry left behind");
+
+        let p1 = a.admit_unauthenticated(1).unwrap();
+        assert!(a.admit_unauthenticated(1).is_none());
+        drop(p1);
+        assert_eq!(a.unauthenticated(), 0);
+        assert!(a.admit_unauthenticated(1).is_some());
+        assert!(a.admit_user(u, 0).is_some(), "0 is unlimited");
+    }
 
     #[test]
     fn messages_have_type_at_and_data_only() {

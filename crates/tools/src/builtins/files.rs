@@ -5,6 +5,7 @@ use crate::registry::{AsyncTool, ToolSpec, parse_params};
 use crate::workspace::{self, PathError};
 use async_trait::async_trait;
 use gathering_domain::projects::{Project, ProjectRepository};
+use gathering_domain::quotas::WorkspaceQuota;
 use gathering_domain::tools::{ToolContext, ToolError};
 use gathering_domain::{FieldProblem, RepoError};
 use serde::Deserialize;
@@ -78,11 +79,31 @@ struct Params {
     content: Option<String>,
 }
 
+/// The per-user workspace-bytes quota `write_file` charges (a `ToolsConfig` field; equal when
+/// it is the same port).
+#[derive(Clone)]
+pub struct QuotaPort(pub Arc<dyn WorkspaceQuota>);
+
+impl std::fmt::Debug for QuotaPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("QuotaPort")
+    }
+}
+
+impl PartialEq for QuotaPort {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for QuotaPort {}
+
 /// Shared by the three tools.
 #[derive(Clone)]
 pub struct FileTools {
     projects: Arc<dyn ProjectRepository>,
     max_file_bytes: u64,
+    quota: Option<QuotaPort>,
 }
 
 impl FileTools {
@@ -90,6 +111,34 @@ impl FileTools {
         Self {
             projects,
             max_file_bytes,
+            quota: None,
+        }
+    }
+
+    /// Charges every write's size delta to the caller's workspace quota, before writing.
+    pub fn with_quota(mut self, quota: Option<QuotaPort>) -> Self {
+        self.quota = quota;
+        self
+    }
+
+    async fn charge(&self, ctx: &ToolContext, delta: i64) -> Result<(), ToolError> {
+        let Some(q) = &self.quota else {
+            return Ok(());
+        };
+        match q.0.charge_workspace_bytes(ctx.user_id, delta).await {
+            Ok(()) => Ok(()),
+            Err(RepoError::QuotaExceeded(m)) => Err(ToolError::InvalidParams(vec![
+                FieldProblem::new("/content", m),
+            ])),
+            Err(RepoError::Unavailable(_)) => Err(ToolError::Failed {
+                message: "storage unavailable".to_owned(),
+                retryable: true,
+                status: None,
+            }),
+            Err(e) => {
+                tracing::error!(error = %e, "workspace quota update failed");
+                Err(ToolError::failed("workspace quota update failed"))
+            }
         }
     }
 
@@ -131,6 +180,21 @@ fn to_json<T: serde::Serialize>(v: &T) -> Result<Value, ToolError> {
     serde_json::to_value(v).map_err(|e| ToolError::failed(e.to_string()))
 }
 
+/// Size of the regular file a write to `user_path` would replace; 0 when there is none.
+async fn existing_size(root: &str, user_path: &str) -> u64 {
+    let root = std::path::PathBuf::from(root);
+    let user_path = user_path.to_owned();
+    tokio::task::spawn_blocking(move || {
+        workspace::resolve_for_write(&root, &user_path, false)
+            .ok()
+            .and_then(|p| std::fs::metadata(p).ok())
+            .filter(std::fs::Metadata::is_file)
+            .map_or(0, |m| m.len())
+    })
+    .await
+    .unwrap_or(0)
+}
+
 pub struct ReadFile(pub FileTools);
 pub struct WriteFile(pub FileTools);
 pub struct ListFiles(pub FileTools);
@@ -153,16 +217,35 @@ impl AsyncTool for WriteFile {
         let p: Params = parse_params(params)?;
         let project = self.0.project(ctx, &p.project_id).await?;
         let content = p.content.unwrap_or_default();
-        let out = workspace::write_text(
+        // The quota is charged with the size delta before writing and refunded if the write
+        // fails. Oversized content is left to the writer's own, clearer refusal.
+        let new_size = content.len() as u64;
+        let delta = if self.0.quota.is_some() && new_size <= self.0.max_file_bytes {
+            let old = existing_size(&project.root_path, &p.path).await;
+            i64::try_from(new_size).unwrap_or(i64::MAX) - i64::try_from(old).unwrap_or(0)
+        } else {
+            0
+        };
+        self.0.charge(ctx, delta).await?;
+        let written = workspace::write_text(
             project.root_path,
             &p.path,
             content,
             self.0.max_file_bytes,
             true,
         )
-        .await
-        .map_err(path_error)?;
-        to_json(&out)
+        .await;
+        match written {
+            Ok(out) => to_json(&out),
+            Err(e) => {
+                if delta != 0
+                    && let Err(refund) = self.0.charge(ctx, -delta).await
+                {
+                    tracing::warn!(error = %refund, "workspace quota refund failed");
+                }
+                Err(path_error(e))
+            }
+        }
     }
 }
 

@@ -69,7 +69,8 @@ impl ToolRegistry {
             template::run_bounded(params, max_text)
         })?;
         r.register_blocking(calculator::spec(), calculator::run)?;
-        let files = files::FileTools::new(projects, config.max_file_bytes);
+        let files = files::FileTools::new(projects, config.max_file_bytes)
+            .with_quota(config.workspace_quota.clone());
         r.register_async(files::read_spec(), files::ReadFile(files.clone()))?;
         r.register_async(files::write_spec(), files::WriteFile(files.clone()))?;
         r.register_async(files::list_spec(), files::ListFiles(files))?;
