@@ -87,13 +87,19 @@ pub fn document() -> utoipa::openapi::OpenApi {
 
 /// The body of every error answer (`crate::error`).
 #[derive(ToSchema)]
-#[allow(dead_code, reason = "describes the error JSON for the OpenAPI document only")]
+#[allow(
+    dead_code,
+    reason = "describes the error JSON for the OpenAPI document only"
+)]
 struct ErrorResponse {
     error: ErrorBody,
 }
 
 #[derive(ToSchema)]
-#[allow(dead_code, reason = "describes the error JSON for the OpenAPI document only")]
+#[allow(
+    dead_code,
+    reason = "describes the error JSON for the OpenAPI document only"
+)]
 struct ErrorBody {
     /// Stable machine-readable code, e.g. `validation_failed`.
     code: String,
@@ -105,7 +111,10 @@ struct ErrorBody {
 
 #[derive(ToSchema)]
 #[schema(as = FieldProblem)]
-#[allow(dead_code, reason = "describes the error JSON for the OpenAPI document only")]
+#[allow(
+    dead_code,
+    reason = "describes the error JSON for the OpenAPI document only"
+)]
 struct FieldProblemSchema {
     /// JSON pointer of the offending value.
     field: String,
@@ -135,7 +144,10 @@ fn add_common_errors(op: &mut Operation) {
         add("429", "rate limited (Retry-After)");
     }
     if has_body {
-        add("400", "malformed JSON, wrong Content-Type or body too large");
+        add(
+            "400",
+            "malformed JSON, wrong Content-Type or body too large",
+        );
         add("422", "validation_failed");
     }
     if has_query {
@@ -176,16 +188,81 @@ pub fn docs() -> Scalar<utoipa::openapi::OpenApi> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
-    fn doc_json() -> serde_json::Value {
-        serde_json::to_value(document()).unwrap()
+    fn operations() -> Vec<(String, Value)> {
+        let doc = serde_json::to_value(document()).unwrap();
+        let mut out = Vec::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                out.push((format!("{} {path}", method.to_uppercase()), op.clone()));
+            }
+        }
+        assert!(out.len() > 40, "{} operations", out.len());
+        out
+    }
+
+    fn documents(op: &Value, status: &str) -> bool {
+        op["responses"].get(status).is_some()
     }
 
     #[test]
-    fn dump() {
-        let d = doc_json();
-        for name in ["RunResponse", "NodeRunResponse", "ExecutionResponse"] {
-            println!("{name}: {}", d["components"]["schemas"][name]);
+    fn every_authenticated_operation_documents_401_and_429() {
+        for (name, op) in operations() {
+            if op["security"].as_array().is_some_and(|s| !s.is_empty()) {
+                assert!(documents(&op, "401"), "{name} lacks 401");
+                assert!(documents(&op, "429"), "{name} lacks 429");
+            }
         }
+    }
+
+    #[test]
+    fn operations_taking_a_body_or_a_query_document_400_and_422() {
+        for (name, op) in operations() {
+            let query = op["parameters"]
+                .as_array()
+                .is_some_and(|ps| ps.iter().any(|p| p["in"] == "query"));
+            if op.get("requestBody").is_some() {
+                assert!(documents(&op, "400"), "{name} lacks 400");
+                assert!(documents(&op, "422"), "{name} lacks 422");
+            }
+            if query {
+                assert!(documents(&op, "400"), "{name} lacks 400");
+            }
+        }
+    }
+
+    #[test]
+    fn every_error_answer_is_described_by_the_error_body() {
+        let doc = serde_json::to_value(document()).unwrap();
+        let body = &doc["components"]["schemas"]["ErrorResponse"];
+        assert_eq!(body["required"], serde_json::json!(["error"]), "{body}");
+        for (name, op) in operations() {
+            for (status, response) in op["responses"].as_object().unwrap() {
+                if status.starts_with('4') || status.starts_with('5') {
+                    let schema = &response["content"]["application/json"]["schema"];
+                    assert_eq!(
+                        schema["$ref"], "#/components/schemas/ErrorResponse",
+                        "{name} {status}: {response}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn node_outputs_and_execution_results_may_be_any_json_value() {
+        let doc = serde_json::to_value(document()).unwrap();
+        let schemas = &doc["components"]["schemas"];
+        for (schema, field) in [
+            ("NodeRunResponse", "output"),
+            ("ExecutionResponse", "result"),
+        ] {
+            let f = &schemas[schema]["properties"][field];
+            assert!(f.is_object(), "{schema}.{field} missing");
+            assert!(f.get("type").is_none(), "{schema}.{field} is typed: {f}");
+        }
+        let run_output = &schemas["RunResponse"]["properties"]["output"]["type"];
+        assert_eq!(*run_output, serde_json::json!(["object", "null"]));
     }
 }
