@@ -190,7 +190,8 @@ pub async fn me(user: AuthUser, auth: web::Data<AuthService>) -> Result<HttpResp
 }
 
 #[utoipa::path(get, path = "/api/v1/admin/audit", tag = "admin", params(AuditQuery),
-    responses((status = 200, body = AuditPage), (status = 403)), security(("bearer" = [])))]
+    responses((status = 200, body = AuditPage), (status = 403),
+              (status = 422, description = "unknown audit event")), security(("bearer" = [])))]
 pub async fn audit(
     _admin: AdminUser,
     auth: web::Data<AuthService>,

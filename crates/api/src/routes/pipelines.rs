@@ -104,6 +104,7 @@ pub struct PipelinePage {
 
 #[derive(Deserialize, ToSchema, Default)]
 pub struct StartRunBody {
+    /// A JSON object (default `{}`); anything else is refused with 422.
     #[serde(default)]
     #[schema(value_type = Object)]
     pub input: Option<Value>,
@@ -130,7 +131,7 @@ pub struct NodeRunResponse {
     /// `pending|running|succeeded|failed|skipped|cancelled`
     pub status: String,
     pub attempts: i32,
-    #[schema(value_type = Object)]
+    /// Any JSON value (a condition node outputs a boolean); null until the node succeeds.
     pub output: Option<Value>,
     pub error: Option<RunErrorBody>,
     pub started_at: Option<DateTime<Utc>>,
@@ -160,7 +161,8 @@ pub struct RunResponse {
     pub status: String,
     #[schema(value_type = Object)]
     pub input: Value,
-    #[schema(value_type = Object)]
+    /// The outputs by node id; null until the run ends.
+    #[schema(value_type = Option<Object>)]
     pub output: Option<Value>,
     pub error: Option<RunErrorBody>,
     pub created_at: DateTime<Utc>,
@@ -347,7 +349,8 @@ pub async fn delete(
 
 #[utoipa::path(post, path = "/api/v1/pipelines/{id}/runs", tag = "pipelines", request_body = StartRunBody,
     responses((status = 202, body = RunResponse, description = "queued"), (status = 404),
-              (status = 400, description = "malformed JSON body")),
+              (status = 400, description = "malformed JSON body"),
+              (status = 422, description = "input is not a JSON object, or too large")),
     security(("bearer" = [])))]
 pub async fn start_run(
     user: AuthUser,
@@ -363,6 +366,12 @@ pub async fn start_run(
         parse_body::<StartRunBody>(&req, &body, max_run_body())?.input
     }
     .unwrap_or_else(|| Value::Object(Default::default()));
+    if !input.is_object() {
+        return Err(ApiError::validation(vec![FieldProblem::new(
+            "/input",
+            "must be a JSON object",
+        )]));
+    }
     let run = svc.start_run(user.id, *id, input).await?;
     Ok(HttpResponse::Accepted().json(RunResponse::from(run)))
 }

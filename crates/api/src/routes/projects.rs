@@ -172,7 +172,9 @@ pub async fn get(
 
 #[utoipa::path(get, path = "/api/v1/projects/{id}/files", tag = "projects", params(PathQuery),
     responses((status = 200, description = "{path, size, content}"), (status = 403, description = "path_forbidden"),
-              (status = 404)), security(("bearer" = [])))]
+              (status = 404),
+              (status = 422, description = "not_a_file, file_too_large, not_text or invalid_path")),
+    security(("bearer" = [])))]
 pub async fn file(
     user: AuthUser,
     projects: web::Data<Projects>,
@@ -187,7 +189,8 @@ pub async fn file(
 }
 
 #[utoipa::path(get, path = "/api/v1/projects/{id}/tree", tag = "projects", params(PathQuery),
-    responses((status = 200, description = "bounded directory listing"), (status = 403), (status = 404)),
+    responses((status = 200, description = "bounded directory listing"), (status = 403), (status = 404),
+              (status = 422, description = "not_a_directory or invalid_path")),
     security(("bearer" = [])))]
 pub async fn tree(
     user: AuthUser,

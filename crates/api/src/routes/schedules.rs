@@ -144,7 +144,7 @@ pub struct ExecutionResponse {
     pub status: String,
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
-    #[schema(value_type = Object)]
+    /// The action's result (any JSON value); null while running or after a failure.
     pub result: Option<Value>,
     pub error: Option<String>,
     /// The pipeline run started by an `execute_pipeline` schedule.
