@@ -389,4 +389,21 @@ mod tests {
         assert_eq!(s.server.port, 7001);
         assert_eq!(s.server.host, "0.0.0.0");
     }
+
+    #[test]
+    fn pipeline_limits_come_from_the_environment() {
+        let s = Settings::from_sources(&env(&[
+            ("GATHERING__PIPELINE__MAX_NODES", "50"),
+            ("GATHERING__PIPELINE__CEL_MAX_NESTING", "8"),
+            ("GATHERING__PIPELINE__MAX_RESCUES", "1"),
+        ]))
+        .unwrap();
+        let limits = s.pipeline.limits();
+        assert_eq!(limits.max_nodes, 50);
+        assert_eq!(limits.cel.max_nesting, 8);
+        assert_eq!(s.pipeline.max_rescues, 1);
+        let defaults = Settings::from_sources(&[]).unwrap().pipeline.limits();
+        assert_eq!(defaults.max_nodes, 200);
+        assert_eq!(defaults.cel.max_comprehension_depth, 1);
+    }
 }

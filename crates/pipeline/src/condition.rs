@@ -137,9 +137,8 @@ fn scan_inner<'e>(expr: &'e str, limits: &CelLimits) -> Result<Vec<&'e str>, Str
         } else if c.is_ascii_digit() {
             while i < n {
                 let d = b[i];
-                if d.is_ascii_alphanumeric() || d == b'.' {
-                    i += 1;
-                } else if (d == b'+' || d == b'-') && matches!(b[i - 1], b'e' | b'E') {
+                let exponent_sign = (d == b'+' || d == b'-') && matches!(b[i - 1], b'e' | b'E');
+                if d.is_ascii_alphanumeric() || d == b'.' || exponent_sign {
                     i += 1;
                 } else {
                     break;
