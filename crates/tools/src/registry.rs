@@ -504,6 +504,43 @@ mod tests {
         assert!(matches!(res, Err(ToolError::Failed { .. })));
     }
 
+    #[tokio::test]
+    async fn outputs_over_the_size_or_depth_bound_are_refused_with_output_too_large() {
+        let mut r = ToolRegistry::new(1).with_output_limits(OutputLimits {
+            max_bytes: 100,
+            max_depth: 3,
+        });
+        r.register_blocking(
+            spec("big", Duration::from_secs(1)),
+            |_: &ToolContext, _: Value| Ok(json!("x".repeat(200))),
+        )
+        .unwrap();
+        r.register_async(spec("echo", Duration::from_secs(1)), Echo)
+            .unwrap();
+        let p = json!({"url": "x", "count": 1});
+        let err = r.invoke(&ctx(), "big", p.clone()).await.unwrap_err();
+        assert!(matches!(&err, ToolError::OutputTooLarge(m) if m.contains("100 bytes")));
+        assert_eq!(gathering_domain::ErrorCode::code(&err), "output_too_large");
+        let deep = json!({"url": "x", "count": 1, "nested": {"a": [[1]]}});
+        assert!(matches!(
+            r.invoke(&ctx(), "echo", deep).await,
+            Err(ToolError::InvalidParams(_) | ToolError::OutputTooLarge(_))
+        ));
+        // Within both bounds: returned as is.
+        assert_eq!(r.invoke(&ctx(), "echo", p.clone()).await.unwrap(), p);
+        let mut r = ToolRegistry::new(1).with_output_limits(OutputLimits {
+            max_bytes: 1000,
+            max_depth: 2,
+        });
+        r.register_blocking(
+            spec("deep", Duration::from_secs(1)),
+            |_: &ToolContext, _: Value| Ok(json!([[[1]]])),
+        )
+        .unwrap();
+        let err = r.invoke(&ctx(), "deep", p).await.unwrap_err();
+        assert!(matches!(&err, ToolError::OutputTooLarge(m) if m.contains("deeper than 2")));
+    }
+
     #[test]
     fn specs_serialize_with_timeout_in_milliseconds() {
         let mut r = ToolRegistry::new(1);
