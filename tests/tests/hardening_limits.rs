@@ -34,7 +34,11 @@ fn pipeline_body(name: &str) -> Value {
 }
 
 async fn create_pipeline(app: &TestApp, token: &str, name: &str) -> String {
-    let p = created(app.post("/pipelines", &pipeline_body(name), Some(token)).await).await;
+    let p = created(
+        app.post("/pipelines", &pipeline_body(name), Some(token))
+            .await,
+    )
+    .await;
     p["id"].as_str().unwrap().to_owned()
 }
 
@@ -74,21 +78,33 @@ async fn a_nul_character_in_any_body_field_is_a_422_naming_the_field_never_a_500
     body["model"] = json!(NUL);
     assert_refused_field(app.post("/agents", &body, Some(&token)).await, "/model").await;
     assert_refused_field(
-        app.patch(&format!("/agents/{agent}"), &json!({"persona": NUL}), Some(&token))
-            .await,
+        app.patch(
+            &format!("/agents/{agent}"),
+            &json!({"persona": NUL}),
+            Some(&token),
+        )
+        .await,
         "/persona",
     )
     .await;
     // Memory and chat message.
     assert_refused_field(
-        app.post(&format!("/agents/{agent}/memories"), &json!({"content": NUL}), Some(&token))
-            .await,
+        app.post(
+            &format!("/agents/{agent}/memories"),
+            &json!({"content": NUL}),
+            Some(&token),
+        )
+        .await,
         "/content",
     )
     .await;
     assert_refused_field(
-        app.post(&format!("/agents/{agent}/chat"), &json!({"message": NUL}), Some(&token))
-            .await,
+        app.post(
+            &format!("/agents/{agent}/chat"),
+            &json!({"message": NUL}),
+            Some(&token),
+        )
+        .await,
         "/message",
     )
     .await;
@@ -106,12 +122,14 @@ async fn a_nul_character_in_any_body_field_is_a_422_naming_the_field_never_a_500
     .await;
     let runs = format!("/pipelines/{pipeline}/runs");
     assert_refused_field(
-        app.post(&runs, &json!({"input": {"tag": NUL}}), Some(&token)).await,
+        app.post(&runs, &json!({"input": {"tag": NUL}}), Some(&token))
+            .await,
         "/input/tag",
     )
     .await;
     assert_refused_field(
-        app.post(&runs, &json!({"input": {"k\u{0}": 1}}), Some(&token)).await,
+        app.post(&runs, &json!({"input": {"k\u{0}": 1}}), Some(&token))
+            .await,
         "/input/k\u{0}",
     )
     .await;
@@ -153,8 +171,12 @@ async fn a_nul_character_in_any_body_field_is_a_422_naming_the_field_never_a_500
 
     // Settings base URL, and login.
     assert_refused_field(
-        app.put("/settings/providers/openai", &json!({"base_url": NUL}), Some(&token))
-            .await,
+        app.put(
+            "/settings/providers/openai",
+            &json!({"base_url": NUL}),
+            Some(&token),
+        )
+        .await,
         "/base_url",
     )
     .await;
@@ -177,7 +199,10 @@ async fn a_nul_character_in_any_body_field_is_a_422_naming_the_field_never_a_500
         .unwrap()
         .get(0);
     assert_eq!(n, 1, "only the helper agent exists");
-    assert_eq!(app.get("/agents", Some(&token)).await.status(), StatusCode::OK);
+    assert_eq!(
+        app.get("/agents", Some(&token)).await.status(),
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
@@ -251,7 +276,10 @@ async fn a_schedule_interval_under_the_minimum_is_refused_unless_the_operator_lo
     cron["cron"] = json!(format!("{} * * * *", vec!["1"; 100].join(",")));
     let body =
         assert_refused_field(app.post("/schedules", &cron, Some(&token)).await, "/cron").await;
-    assert!(body.to_string().contains("at most 128 characters"), "{body}");
+    assert!(
+        body.to_string().contains("at most 128 characters"),
+        "{body}"
+    );
     cron["cron"] = json!("* * * * *");
     created(app.post("/schedules", &cron, Some(&token)).await).await;
 
@@ -273,9 +301,11 @@ async fn a_cron_firing_more_often_than_a_raised_minimum_is_refused() {
     for pattern in ["* * * * *", "*/2 * * * *", "0,1 9 * * *"] {
         cron["cron"] = json!(pattern);
         let body =
-            assert_refused_field(app.post("/schedules", &cron, Some(&token)).await, "/cron")
-                .await;
-        assert!(body.to_string().contains("300 seconds"), "{pattern}: {body}");
+            assert_refused_field(app.post("/schedules", &cron, Some(&token)).await, "/cron").await;
+        assert!(
+            body.to_string().contains("300 seconds"),
+            "{pattern}: {body}"
+        );
     }
     cron["cron"] = json!("*/5 * * * *");
     created(app.post("/schedules", &cron, Some(&token)).await).await;
@@ -305,8 +335,12 @@ async fn a_call_api_schedule_to_a_literal_private_address_is_refused_when_stored
         .await;
     }
     let s = created(
-        app.post("/schedules", &call_api("https://example.com/hook"), Some(&token))
-            .await,
+        app.post(
+            "/schedules",
+            &call_api("https://example.com/hook"),
+            Some(&token),
+        )
+        .await,
     )
     .await;
     // Switching an existing schedule to a private target is refused too.
@@ -322,12 +356,15 @@ async fn a_call_api_schedule_to_a_literal_private_address_is_refused_when_stored
     .await;
 
     // A host on the operator's allow-list is accepted.
-    let allowed =
-        spawn_app_with(&[("GATHERING__TOOLS__HTTP_ALLOWED_HOSTS", "127.0.0.1")]).await;
+    let allowed = spawn_app_with(&[("GATHERING__TOOLS__HTTP_ALLOWED_HOSTS", "127.0.0.1")]).await;
     let token = allowed.user_token().await;
     created(
         allowed
-            .post("/schedules", &call_api("http://127.0.0.1:9/hit"), Some(&token))
+            .post(
+                "/schedules",
+                &call_api("http://127.0.0.1:9/hit"),
+                Some(&token),
+            )
             .await,
     )
     .await;
@@ -352,13 +389,18 @@ async fn a_schedule_naming_another_users_agent_or_pipeline_is_refused_without_an
                "action_config": {"pipeline_id": pipeline}})
     };
     let foreign = assert_refused_field(
-        app.post("/schedules", &run_task(&ada_agent), Some(&bob)).await,
+        app.post("/schedules", &run_task(&ada_agent), Some(&bob))
+            .await,
         "/action_config/agent_id",
     )
     .await;
     let missing = assert_refused_field(
-        app.post("/schedules", &run_task(&uuid::Uuid::now_v7().to_string()), Some(&bob))
-            .await,
+        app.post(
+            "/schedules",
+            &run_task(&uuid::Uuid::now_v7().to_string()),
+            Some(&bob),
+        )
+        .await,
         "/action_config/agent_id",
     )
     .await;
@@ -367,21 +409,34 @@ async fn a_schedule_naming_another_users_agent_or_pipeline_is_refused_without_an
         "another user's agent and a missing one look the same"
     );
     let foreign = assert_refused_field(
-        app.post("/schedules", &execute(&ada_pipeline), Some(&bob)).await,
+        app.post("/schedules", &execute(&ada_pipeline), Some(&bob))
+            .await,
         "/action_config/pipeline_id",
     )
     .await;
     let missing = assert_refused_field(
-        app.post("/schedules", &execute(&uuid::Uuid::now_v7().to_string()), Some(&bob))
-            .await,
+        app.post(
+            "/schedules",
+            &execute(&uuid::Uuid::now_v7().to_string()),
+            Some(&bob),
+        )
+        .await,
         "/action_config/pipeline_id",
     )
     .await;
     assert_eq!(foreign["error"]["details"], missing["error"]["details"]);
 
     // Their own are fine; switching one to another user's agent is refused.
-    let s = created(app.post("/schedules", &run_task(&bob_agent), Some(&bob)).await).await;
-    created(app.post("/schedules", &execute(&bob_pipeline), Some(&bob)).await).await;
+    let s = created(
+        app.post("/schedules", &run_task(&bob_agent), Some(&bob))
+            .await,
+    )
+    .await;
+    created(
+        app.post("/schedules", &execute(&bob_pipeline), Some(&bob))
+            .await,
+    )
+    .await;
     assert_refused_field(
         app.patch(
             &format!("/schedules/{}", s["id"].as_str().unwrap()),
@@ -410,8 +465,12 @@ async fn per_user_counts_of_schedules_pipelines_and_agents_are_enforced_at_creat
         let app = &app;
         let ada = &ada;
         async move {
-            app.post("/schedules", &notify_schedule(&format!("s{i}"), 3600), Some(ada))
-                .await
+            app.post(
+                "/schedules",
+                &notify_schedule(&format!("s{i}"), 3600),
+                Some(ada),
+            )
+            .await
         }
     });
     let answers = futures::future::join_all(attempts).await;
@@ -423,7 +482,10 @@ async fn per_user_counts_of_schedules_pipelines_and_agents_are_enforced_at_creat
                 let body =
                     assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "quota_exceeded").await;
                 assert!(
-                    body["error"]["message"].as_str().unwrap().contains("3 schedules"),
+                    body["error"]["message"]
+                        .as_str()
+                        .unwrap()
+                        .contains("3 schedules"),
                     "{body}"
                 );
             }
@@ -431,17 +493,29 @@ async fn per_user_counts_of_schedules_pipelines_and_agents_are_enforced_at_creat
     }
     assert_eq!(ok.len(), 3, "exactly the quota");
     // Another user has their own quota; deleting one frees a place.
-    created(app.post("/schedules", &notify_schedule("b", 3600), Some(&bob)).await).await;
+    created(
+        app.post("/schedules", &notify_schedule("b", 3600), Some(&bob))
+            .await,
+    )
+    .await;
     let r = app
-        .delete(&format!("/schedules/{}", ok[0]["id"].as_str().unwrap()), Some(&ada))
+        .delete(
+            &format!("/schedules/{}", ok[0]["id"].as_str().unwrap()),
+            Some(&ada),
+        )
         .await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    created(app.post("/schedules", &notify_schedule("again", 3600), Some(&ada)).await).await;
+    created(
+        app.post("/schedules", &notify_schedule("again", 3600), Some(&ada))
+            .await,
+    )
+    .await;
 
     create_pipeline(&app, &ada, "p1").await;
     create_pipeline(&app, &ada, "p2").await;
     assert_error(
-        app.post("/pipelines", &pipeline_body("p3"), Some(&ada)).await,
+        app.post("/pipelines", &pipeline_body("p3"), Some(&ada))
+            .await,
         StatusCode::UNPROCESSABLE_ENTITY,
         "quota_exceeded",
     )
@@ -483,34 +557,54 @@ async fn workspace_writes_are_charged_to_a_per_user_byte_quota_before_writing() 
     )
     .await;
     let pid = p["id"].as_str().unwrap().to_owned();
-    let write = |path: &str, n: usize| {
-        json!({"params": {"project_id": pid, "path": path, "content": "x".repeat(n)}})
-    };
+    let write = |path: &str, n: usize| json!({"params": {"project_id": pid, "path": path, "content": "x".repeat(n)}});
 
     let r = app
-        .post("/tools/write_file/invoke", &write("a.txt", 600), Some(&admin))
+        .post(
+            "/tools/write_file/invoke",
+            &write("a.txt", 600),
+            Some(&admin),
+        )
         .await;
     assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
     let r = app
-        .post("/tools/write_file/invoke", &write("b.txt", 600), Some(&admin))
+        .post(
+            "/tools/write_file/invoke",
+            &write("b.txt", 600),
+            Some(&admin),
+        )
         .await;
     let body = assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
     assert!(
         body.to_string().contains("workspace quota exceeded"),
         "{body}"
     );
-    assert!(!root.join("b.txt").exists(), "nothing written over the quota");
+    assert!(
+        !root.join("b.txt").exists(),
+        "nothing written over the quota"
+    );
 
     // Overwriting with a smaller file gives bytes back (600 → 100).
     let r = app
-        .post("/tools/write_file/invoke", &write("a.txt", 100), Some(&admin))
+        .post(
+            "/tools/write_file/invoke",
+            &write("a.txt", 100),
+            Some(&admin),
+        )
         .await;
     assert_eq!(r.status(), StatusCode::OK);
     let r = app
-        .post("/tools/write_file/invoke", &write("b.txt", 600), Some(&admin))
+        .post(
+            "/tools/write_file/invoke",
+            &write("b.txt", 600),
+            Some(&admin),
+        )
         .await;
     assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
-    assert_eq!(std::fs::read_to_string(root.join("b.txt")).unwrap().len(), 600);
+    assert_eq!(
+        std::fs::read_to_string(root.join("b.txt")).unwrap().len(),
+        600
+    );
 
     let db = app.db_client().await;
     let used: i64 = db
@@ -545,9 +639,16 @@ async fn websocket_connections_per_user_are_bounded_with_429() {
     let q = format!("?access_token={ada}");
     let first = Ws::connect(&app, &q).await.unwrap();
     let _second = Ws::connect(&app, &q).await.unwrap();
-    let refused = Ws::connect(&app, &q).await.err().expect("a third is refused");
+    let refused = Ws::connect(&app, &q)
+        .await
+        .err()
+        .expect("a third is refused");
     assert_eq!(refused.status, 429);
-    assert_eq!(refused.body["error"]["code"], "quota_exceeded", "{:?}", refused.body);
+    assert_eq!(
+        refused.body["error"]["code"], "quota_exceeded",
+        "{:?}",
+        refused.body
+    );
     // Another user is not affected.
     let _bob = Ws::connect(&app, &format!("?access_token={bob}"))
         .await
@@ -573,16 +674,24 @@ async fn unauthenticated_websocket_upgrades_in_flight_are_bounded() {
     let token = app.user_token().await;
     let mut a = Ws::connect(&app, "").await.unwrap();
     let _b = Ws::connect(&app, "").await.unwrap();
-    let refused = Ws::connect(&app, "").await.err().expect("a third waits no more");
+    let refused = Ws::connect(&app, "")
+        .await
+        .err()
+        .expect("a third waits no more");
     assert_eq!(refused.status, 429);
-    assert_eq!(refused.body["error"]["code"], "quota_exceeded", "{:?}", refused.body);
+    assert_eq!(
+        refused.body["error"]["code"], "quota_exceeded",
+        "{:?}",
+        refused.body
+    );
     // A connection with a token is not held back by the bound.
     let _with_token = Ws::connect(&app, &format!("?access_token={token}"))
         .await
         .unwrap();
 
     // Once one authenticates, it no longer counts as waiting.
-    a.send_text(&json!({ "access_token": token }).to_string()).await;
+    a.send_text(&json!({ "access_token": token }).to_string())
+        .await;
     assert_eq!(a.next_json().await["type"], "authenticated");
     let _c = connect_eventually(&app, "").await;
 }

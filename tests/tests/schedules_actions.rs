@@ -375,7 +375,10 @@ async fn call_api_to_a_loopback_address_is_refused_without_the_allow_list() {
         .await;
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let body: Value = r.json().await.unwrap();
-    assert_eq!(body["error"]["details"][0]["field"], "/action_config/url", "{body}");
+    assert_eq!(
+        body["error"]["details"][0]["field"], "/action_config/url",
+        "{body}"
+    );
 
     // A name that resolves to loopback is refused by the resolver just the same.
     let port = target.port();

@@ -94,9 +94,12 @@ impl Application {
             .await
             .context("database migrations failed; the server did not start")?;
         info!(applied, "database schema is up to date");
-        gathering_store::quotas::apply_count_limits(&pool, &crate::engines::quota_limits(&settings))
-            .await
-            .context("cannot write the per-user quotas (GATHERING__QUOTAS__*)")?;
+        gathering_store::quotas::apply_count_limits(
+            &pool,
+            &crate::engines::quota_limits(&settings),
+        )
+        .await
+        .context("cannot write the per-user quotas (GATHERING__QUOTAS__*)")?;
 
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let background = CancellationToken::new();

@@ -112,9 +112,10 @@ impl<T: DeserializeOwned + 'static> FromRequest for OptionalJson<T> {
 pub fn find_nul(value: &Value) -> Option<String> {
     match value {
         Value::String(s) if s.contains('\0') => Some(String::new()),
-        Value::Array(items) => items.iter().enumerate().find_map(|(i, v)| {
-            find_nul(v).map(|rest| format!("/{i}{rest}"))
-        }),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| find_nul(v).map(|rest| format!("/{i}{rest}"))),
         Value::Object(map) => map.iter().find_map(|(k, v)| {
             if k.contains('\0') {
                 return Some(format!("/{}", escape_token(k)));
@@ -148,7 +149,10 @@ mod tests {
 
     #[test]
     fn nul_is_found_in_strings_keys_and_nested_values_with_its_pointer() {
-        assert_eq!(find_nul(&json!({"name": "a\u{0}b"})).as_deref(), Some("/name"));
+        assert_eq!(
+            find_nul(&json!({"name": "a\u{0}b"})).as_deref(),
+            Some("/name")
+        );
         assert_eq!(
             find_nul(&json!({"nodes": [{"config": {"x": "ok"}}, {"config": {"y": ["\u{0}"]}}]}))
                 .as_deref(),
@@ -158,9 +162,15 @@ mod tests {
             find_nul(&json!({"input": {"k\u{0}": 1}})).as_deref(),
             Some("/input/k\u{0}")
         );
-        assert_eq!(find_nul(&json!({"a/b~c": "\u{0}"})).as_deref(), Some("/a~1b~0c"));
+        assert_eq!(
+            find_nul(&json!({"a/b~c": "\u{0}"})).as_deref(),
+            Some("/a~1b~0c")
+        );
         assert_eq!(find_nul(&json!("\u{0}")).as_deref(), Some(""));
-        assert_eq!(find_nul(&json!({"a": ["x", 1, null, {"b": "\\u0000"}]})), None);
+        assert_eq!(
+            find_nul(&json!({"a": ["x", 1, null, {"b": "\\u0000"}]})),
+            None
+        );
     }
 
     #[test]
@@ -168,7 +178,10 @@ mod tests {
         assert!(encodes_nul("name=a%00b"));
         assert!(encodes_nul("/api/v1/agents/%00"));
         assert!(!encodes_nul("limit=100&cursor=0190"));
-        assert!(!encodes_nul("a=%2500"), "an encoded percent sign followed by 00 is not NUL");
+        assert!(
+            !encodes_nul("a=%2500"),
+            "an encoded percent sign followed by 00 is not NUL"
+        );
     }
 
     #[derive(Deserialize, Debug)]
@@ -199,18 +212,26 @@ mod tests {
     #[actix_web::test]
     async fn an_optional_body_is_none_only_when_absent() {
         let (req, mut pl) = TestRequest::post().to_http_parts();
-        let none = OptionalJson::<Body>::from_request(&req, &mut pl).await.unwrap();
+        let none = OptionalJson::<Body>::from_request(&req, &mut pl)
+            .await
+            .unwrap();
         assert!(none.into_inner().is_none());
         let (req, mut pl) = TestRequest::post()
             .insert_header(("content-type", "application/json"))
             .set_payload(r#"{"name": "\u0000"}"#)
             .to_http_parts();
-        assert!(OptionalJson::<Body>::from_request(&req, &mut pl).await.is_err());
+        assert!(
+            OptionalJson::<Body>::from_request(&req, &mut pl)
+                .await
+                .is_err()
+        );
         let (req, mut pl) = TestRequest::post()
             .insert_header(("content-type", "application/json"))
             .set_payload(r#"{"name": "n"}"#)
             .to_http_parts();
-        let some = OptionalJson::<Body>::from_request(&req, &mut pl).await.unwrap();
+        let some = OptionalJson::<Body>::from_request(&req, &mut pl)
+            .await
+            .unwrap();
         assert_eq!(some.into_inner().map(|b| b.name).as_deref(), Some("n"));
     }
 

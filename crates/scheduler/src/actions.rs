@@ -630,7 +630,9 @@ mod tests {
         // Names are checked by the guard's resolver when the action runs.
         assert!(check_call_api_target(&json!({"url": "http://localhost:9/"}), &none).is_none());
         let allow = AllowList::new(&["127.0.0.1:8080".to_owned()]);
-        assert!(check_call_api_target(&json!({"url": "http://127.0.0.1:8080/x"}), &allow).is_none());
+        assert!(
+            check_call_api_target(&json!({"url": "http://127.0.0.1:8080/x"}), &allow).is_none()
+        );
         assert!(check_call_api_target(&json!({"url": "http://127.0.0.1:9/"}), &allow).is_some());
     }
 

@@ -43,7 +43,11 @@ const CRON_GAP_SAMPLES: usize = 2048;
 /// Whether two consecutive firings of `timing` (a cron pattern) within the next year come
 /// closer than `min_secs`. 5-field patterns fire at most once a minute, so a minimum of 60 s
 /// or less always holds.
-fn cron_fires_too_often(timing: &Timing, now: chrono::DateTime<chrono::Utc>, min_secs: i64) -> bool {
+fn cron_fires_too_often(
+    timing: &Timing,
+    now: chrono::DateTime<chrono::Utc>,
+    min_secs: i64,
+) -> bool {
     if min_secs <= 60 || !matches!(timing, Timing::Cron { .. }) {
         return false;
     }
@@ -148,7 +152,10 @@ fn validate(
         (Some(c), None) if c.chars().count() > limits.limits.max_cron_chars => {
             problems.push(FieldProblem::new(
                 "/cron",
-                format!("must be at most {} characters", limits.limits.max_cron_chars),
+                format!(
+                    "must be at most {} characters",
+                    limits.limits.max_cron_chars
+                ),
             ));
         }
         (Some(c), None) => {
@@ -174,7 +181,10 @@ fn validate(
         Some(a) => {
             let shape = actions::validate(a, &action_config);
             if shape.is_empty() && a == ActionType::CallApi {
-                problems.extend(actions::check_call_api_target(&action_config, &limits.allow));
+                problems.extend(actions::check_call_api_target(
+                    &action_config,
+                    &limits.allow,
+                ));
             }
             problems.extend(shape);
         }

@@ -10,7 +10,8 @@ use gathering_domain::tools::{ToolContext, ToolError, ToolInvoker};
 use gathering_domain::{Clock, ErrorCode, ErrorKind, ManualClock, PageRequest, SystemClock};
 use gathering_scheduler::timing::Planner;
 use gathering_scheduler::{
-    CreateSchedule, PatchSchedule, ScheduleLimits, ScheduleService, Scheduler, SchedulerConfig, SchedulerDeps,
+    CreateSchedule, PatchSchedule, ScheduleLimits, ScheduleService, Scheduler, SchedulerConfig,
+    SchedulerDeps,
 };
 use gathering_store::scheduler::PgScheduleRepository;
 use gathering_store::test_support::TestDb;

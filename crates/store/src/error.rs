@@ -76,7 +76,9 @@ pub fn db_err(e: tokio_postgres::Error) -> RepoError {
 fn refused_value(code: &SqlState) -> Option<&'static str> {
     if code == &SqlState::CHARACTER_NOT_IN_REPERTOIRE {
         // 22021: "invalid byte sequence for encoding UTF8: 0x00" (a NUL in a text value).
-        Some("a text value contains a character that cannot be stored (NUL or invalid byte sequence)")
+        Some(
+            "a text value contains a character that cannot be stored (NUL or invalid byte sequence)",
+        )
     } else if code == &SqlState::UNTRANSLATABLE_CHARACTER {
         // 22P05: jsonb refuses \u0000 ("unsupported Unicode escape sequence").
         Some("a JSON value contains a character that cannot be stored (\\u0000)")

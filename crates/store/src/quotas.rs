@@ -44,9 +44,12 @@ pub async fn apply_count_limits(pool: &PgPool, limits: &QuotaLimits) -> Result<(
         ("agents", limits.agents_per_user),
     ] {
         if max == 0 {
-            tx.execute("DELETE FROM quotas.limits WHERE resource = $1", &[&resource])
-                .await
-                .map_err(db_err)?;
+            tx.execute(
+                "DELETE FROM quotas.limits WHERE resource = $1",
+                &[&resource],
+            )
+            .await
+            .map_err(db_err)?;
         } else {
             tx.execute(
                 "INSERT INTO quotas.limits (resource, max_per_user) VALUES ($1, $2) \

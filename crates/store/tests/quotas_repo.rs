@@ -79,7 +79,10 @@ async fn the_count_quota_holds_under_concurrent_inserts_and_per_user() {
     let tasks: Vec<_> = (0..20)
         .map(|i| {
             let repo = repo.clone();
-            tokio::spawn(async move { repo.create(schedule(owner, &format!("s{i}"), json!({}))).await })
+            tokio::spawn(async move {
+                repo.create(schedule(owner, &format!("s{i}"), json!({})))
+                    .await
+            })
         })
         .collect();
     let mut ok = 0;
@@ -103,7 +106,9 @@ async fn the_count_quota_holds_under_concurrent_inserts_and_per_user() {
     )
     .await
     .unwrap();
-    repo.create(schedule(owner, "more", json!({}))).await.unwrap();
+    repo.create(schedule(owner, "more", json!({})))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]

@@ -1,8 +1,8 @@
 //! Agents: owner-scoped CRUD, chat with persisted sessions, memories.
 
 use crate::error::ApiError;
-use crate::json::Json;
 use crate::extract::{AuthUser, PageQuery};
+use crate::json::Json;
 use actix_web::{HttpResponse, web};
 use chrono::{DateTime, Utc};
 use gathering_domain::agents::{Agent, Memory, Usage};

@@ -1,8 +1,8 @@
 //! `/auth/*` and `/admin/audit`.
 
 use crate::error::ApiError;
-use crate::json::{Json, OptionalJson};
 use crate::extract::{AdminUser, AuthUser, PageQuery, request_meta};
+use crate::json::{Json, OptionalJson};
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
 use gathering_auth::AuthService;

@@ -1,8 +1,8 @@
 //! Circles of agents and the tasks they work together.
 
 use crate::error::ApiError;
-use crate::json::Json;
 use crate::extract::AuthUser;
+use crate::json::Json;
 use crate::routes::agents::{AgentResponse, UsageResponse};
 use actix_web::{HttpResponse, web};
 use chrono::{DateTime, Utc};

@@ -2,8 +2,8 @@
 //! answers 404.
 
 use crate::error::ApiError;
-use crate::json::{Json, OptionalJson};
 use crate::extract::{AuthUser, PageQuery};
+use crate::json::{Json, OptionalJson};
 use actix_web::{HttpResponse, web};
 use chrono::{DateTime, Utc};
 use gathering_domain::pipeline::{

@@ -1,8 +1,8 @@
 //! Projects (admin-registered directories) and their workspace files.
 
 use crate::error::ApiError;
-use crate::json::Json;
 use crate::extract::{AdminUser, AuthUser, PageQuery};
+use crate::json::Json;
 use actix_web::{HttpResponse, web};
 use chrono::{DateTime, Utc};
 use gathering_domain::FieldProblem;

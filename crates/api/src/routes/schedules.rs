@@ -2,8 +2,8 @@
 //! answers 404. Pause with `PATCH {"enabled": false}`.
 
 use crate::error::ApiError;
-use crate::json::Json;
 use crate::extract::{AuthUser, PageQuery};
+use crate::json::Json;
 use actix_web::{HttpResponse, web};
 use chrono::{DateTime, Utc};
 use gathering_domain::scheduler::{Execution, Schedule};

@@ -1,8 +1,8 @@
 //! Per-user provider settings. Keys are encrypted at rest and never returned, only a hint.
 
 use crate::error::ApiError;
-use crate::json::Json;
 use crate::extract::AuthUser;
+use crate::json::Json;
 use actix_web::{HttpResponse, web};
 use gathering_domain::agents::Provider;
 use gathering_llm::SettingsService;

@@ -1,8 +1,8 @@
 //! Tools: the registry's listing and direct invocation.
 
 use crate::error::ApiError;
-use crate::json::Json;
 use crate::extract::AuthUser;
+use crate::json::Json;
 use crate::middleware::RequestId;
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use gathering_domain::tools::ToolContext;

@@ -146,7 +146,9 @@ pub struct PendingSlot {
 
 impl Drop for PendingSlot {
     fn drop(&mut self) {
-        self.admission.unauthenticated.fetch_sub(1, Ordering::AcqRel);
+        self.admission
+            .unauthenticated
+            .fetch_sub(1, Ordering::AcqRel);
     }
 }
 

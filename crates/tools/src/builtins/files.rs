@@ -127,9 +127,11 @@ impl FileTools {
         };
         match q.0.charge_workspace_bytes(ctx.user_id, delta).await {
             Ok(()) => Ok(()),
-            Err(RepoError::QuotaExceeded(m)) => Err(ToolError::InvalidParams(vec![
-                FieldProblem::new("/content", m),
-            ])),
+            Err(RepoError::QuotaExceeded(m)) => {
+                Err(ToolError::InvalidParams(vec![FieldProblem::new(
+                    "/content", m,
+                )]))
+            }
             Err(RepoError::Unavailable(_)) => Err(ToolError::Failed {
                 message: "storage unavailable".to_owned(),
                 retryable: true,
