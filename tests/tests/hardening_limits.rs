@@ -695,3 +695,25 @@ async fn unauthenticated_websocket_upgrades_in_flight_are_bounded() {
     assert_eq!(a.next_json().await["type"], "authenticated");
     let _c = connect_eventually(&app, "").await;
 }
+
+#[tokio::test]
+async fn oversized_schedule_action_configs_are_refused() {
+    let app = spawn_app().await;
+    let token = app.user_token().await;
+    let headers: serde_json::Map<String, Value> =
+        (0..65).map(|i| (format!("x-h{i}"), json!("v"))).collect();
+    let mut body = call_api("https://example.com/hook");
+    body["action_config"]["headers"] = Value::Object(headers);
+    assert_refused_field(
+        app.post("/schedules", &body, Some(&token)).await,
+        "/action_config/headers",
+    )
+    .await;
+    let mut body = call_api("https://example.com/hook");
+    body["action_config"]["body"] = json!("x".repeat(300 * 1024));
+    assert_refused_field(
+        app.post("/schedules", &body, Some(&token)).await,
+        "/action_config",
+    )
+    .await;
+}

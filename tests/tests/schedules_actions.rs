@@ -159,13 +159,31 @@ async fn execute_pipeline_starts_a_real_run_linked_from_the_execution() {
 async fn execute_pipeline_of_an_unknown_pipeline_fails_clearly() {
     let app = spawn_app().await;
     let token = app.user_token().await;
+    // An unknown pipeline is refused when the schedule is stored (hardening_limits.rs); one
+    // deleted after the schedule was stored fails the execution.
+    let r = app
+        .post(
+            "/pipelines",
+            &json!({"name": "gone", "nodes": [{"id": "start", "type": "trigger"}], "edges": []}),
+            Some(&token),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let pipeline = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let id = create_schedule(
         &app,
         &token,
         "execute_pipeline",
-        json!({"pipeline_id": uuid::Uuid::now_v7()}),
+        json!({ "pipeline_id": pipeline }),
     )
     .await;
+    let r = app
+        .delete(&format!("/pipelines/{pipeline}"), Some(&token))
+        .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
     let e = run_now_and_wait(&app, &token, &id).await;
     assert_eq!(e["status"], "failed", "{e}");
     assert!(

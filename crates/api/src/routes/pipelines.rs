@@ -2,7 +2,6 @@
 //! answers 404.
 
 use crate::error::ApiError;
-
 use crate::extract::{AuthUser, PageQuery};
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
