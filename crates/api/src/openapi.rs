@@ -186,6 +186,7 @@ pub fn docs() -> Scalar<utoipa::openapi::OpenApi> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use serde_json::Value;
