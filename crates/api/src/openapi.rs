@@ -218,6 +218,18 @@ mod tests {
     }
 
     #[test]
+    fn credential_endpoints_document_their_per_address_429() {
+        for (name, op) in operations() {
+            if ["register", "login", "refresh"]
+                .iter()
+                .any(|e| name == format!("POST /api/v1/auth/{e}"))
+            {
+                assert!(documents(&op, "429"), "{name} lacks 429");
+            }
+        }
+    }
+
+    #[test]
     fn operations_taking_a_body_or_a_query_document_400_and_422() {
         for (name, op) in operations() {
             let query = op["parameters"]
