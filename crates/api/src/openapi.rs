@@ -186,6 +186,7 @@ pub fn docs() -> Scalar<utoipa::openapi::OpenApi> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use serde_json::Value;
@@ -211,6 +212,18 @@ mod tests {
         for (name, op) in operations() {
             if op["security"].as_array().is_some_and(|s| !s.is_empty()) {
                 assert!(documents(&op, "401"), "{name} lacks 401");
+                assert!(documents(&op, "429"), "{name} lacks 429");
+            }
+        }
+    }
+
+    #[test]
+    fn credential_endpoints_document_their_per_address_429() {
+        for (name, op) in operations() {
+            if ["register", "login", "refresh"]
+                .iter()
+                .any(|e| name == format!("POST /api/v1/auth/{e}"))
+            {
                 assert!(documents(&op, "429"), "{name} lacks 429");
             }
         }

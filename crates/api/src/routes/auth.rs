@@ -112,7 +112,8 @@ pub struct AuditQuery {
 
 #[utoipa::path(post, path = "/api/v1/auth/register", tag = "auth", request_body = RegisterBody,
     responses((status = 201, body = UserResponse), (status = 409, description = "email_taken"),
-              (status = 422, description = "validation_failed")))]
+              (status = 422, description = "validation_failed"),
+              (status = 429, description = "per-address limit (Retry-After)")))]
 pub async fn register(
     req: HttpRequest,
     auth: web::Data<AuthService>,
@@ -146,7 +147,8 @@ pub async fn login(
 }
 
 #[utoipa::path(post, path = "/api/v1/auth/refresh", tag = "auth", request_body = RefreshBody,
-    responses((status = 200, body = TokenResponse), (status = 401, description = "invalid or reused token")))]
+    responses((status = 200, body = TokenResponse), (status = 401, description = "invalid or reused token"),
+              (status = 429, description = "per-address limit (Retry-After)")))]
 pub async fn refresh(
     req: HttpRequest,
     auth: web::Data<AuthService>,
