@@ -71,11 +71,13 @@ pub fn forbidden_literal(url: &url::Url, allow: &AllowList) -> Option<std::net::
     ip_is_forbidden(ip).then_some(ip)
 }
 
-/// The message for a refused user endpoint.
+/// The message for a refused user endpoint. It is generic: what the endpoint named or resolved
+/// to (`what`) is logged for the operator, never told to the caller.
 pub fn refused_message(what: impl std::fmt::Display) -> String {
+    tracing::warn!(target_address = %what, "a user's provider endpoint was refused: not a public address");
     format!(
-        "{what}, which is not a public address; an administrator can allow the host with \
-         GATHERING__TOOLS__HTTP_ALLOWED_HOSTS"
+        "{}; an administrator can allow the host with GATHERING__TOOLS__HTTP_ALLOWED_HOSTS",
+        gathering_tools::net::REFUSED_MESSAGE
     )
 }
 
