@@ -766,11 +766,13 @@ impl Driver {
         }
     }
 
-    fn outputs(&self) -> HashMap<String, Value> {
+    /// Borrowed outputs of the succeeded nodes (templates copy only what they reference).
+    fn outputs(&self) -> HashMap<&str, &Value> {
+        const NULL: &Value = &Value::Null;
         self.state
             .iter()
             .filter(|n| n.status == NodeStatus::Succeeded)
-            .map(|n| (n.node_id.clone(), n.output.clone().unwrap_or(Value::Null)))
+            .map(|n| (n.node_id.as_str(), n.output.as_ref().unwrap_or(NULL)))
             .collect()
     }
 
