@@ -400,7 +400,7 @@ mod tests {
     #[test]
     fn fan_out_rendering_stops_at_the_bound() {
         let input = json!({"x": "y".repeat(250 * 1024)});
-        let outputs = HashMap::new();
+        let outputs: HashMap<String, Value> = HashMap::new();
         let ctx = TemplateContext {
             input: &input,
             outputs: &outputs,
