@@ -812,10 +812,13 @@ impl Driver {
                     .and_then(Value::as_str)
                     .unwrap_or("")
                     .to_owned();
+                // Copy only the outputs the expression can read.
+                let reads = condition::nodes_read(&expr);
                 let nodes: serde_json::Map<String, Value> = self
                     .state
                     .iter()
                     .filter(|n| n.status.is_terminal())
+                    .filter(|n| reads.as_ref().is_none_or(|ids| ids.contains(&n.node_id)))
                     .map(|n| {
                         (
                             n.node_id.clone(),
