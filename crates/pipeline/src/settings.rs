@@ -139,7 +139,6 @@ impl PipelineSettings {
             max_output_depth: self.max_output_depth.max(1),
             max_output_bytes: self.max_output_bytes.max(4),
             max_run_output_bytes: self.max_run_output_bytes.max(4),
-            ..Limits::default()
         }
     }
 
