@@ -497,21 +497,56 @@ async fn graceful_restarts_that_abandon_a_node_end_in_crash_loop() {
         .await;
     let db_client = app.db_client().await;
     app.stop().await.unwrap();
+    // The drain releases the run (counted) once it gives up on the node; the server's stop may
+    // return before that last write lands, so wait for it.
     let id = uuid::Uuid::parse_str(&run).unwrap();
-    let row = db_client
-        .query_one(
-            "SELECT rescue_count, lease_owner IS NULL, status FROM pipeline.runs WHERE id = $1",
-            &[&id],
-        )
-        .await
-        .unwrap();
-    assert_eq!(row.get::<_, i32>(0), 1, "the interrupted drain was counted");
-    assert!(row.get::<_, bool>(1), "the lease was released");
-    assert_eq!(row.get::<_, &str>(2), "running");
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let row = db_client
+                .query_one(
+                    "SELECT rescue_count, lease_owner IS NULL, status FROM pipeline.runs WHERE id = $1",
+                    &[&id],
+                )
+                .await
+                .unwrap();
+            if row.get::<_, i32>(0) == 1 {
+                assert!(row.get::<_, bool>(1), "the lease was released");
+                assert_eq!(row.get::<_, &str>(2), "running");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the interrupted drain was counted");
     // The restarted instance does not run the node again.
     let app = spawn_app_on(&db, &env).await;
     let r = finished(&app, &token, &run).await;
     assert_eq!(r["status"], "failed", "{r}");
     assert_eq!(r["error"]["code"], "crash_loop", "{r}");
     assert_eq!(target.hits("/hang"), 1);
+}
+
+#[tokio::test]
+async fn a_pipeline_body_over_the_route_limit_is_refused_before_parsing() {
+    let app = spawn_app_with(&[("GATHERING__PIPELINE__MAX_DEFINITION_BYTES", "4096")]).await;
+    let token = app.user_token().await;
+    let nodes: Vec<Value> = (0..200)
+        .map(|i| json!({"id": format!("n{i}"), "type": "parallel"}))
+        .collect();
+    let r = app
+        .post(
+            "/pipelines",
+            &json!({"name": "big", "nodes": nodes}),
+            Some(&token),
+        )
+        .await;
+    assert_error(r, StatusCode::BAD_REQUEST, "payload_too_large").await;
+    // Small enough: accepted.
+    create(
+        &app,
+        &token,
+        json!({"name": "small", "nodes": [{"id": "t", "type": "trigger"}]}),
+    )
+    .await;
 }

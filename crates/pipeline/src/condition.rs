@@ -366,6 +366,39 @@ pub fn node_references(expr: &str) -> Vec<String> {
     out
 }
 
+/// The node ids an expression can read, when it only ever names nodes one by one
+/// (`nodes.<id>`, `nodes["<id>"]`); `None` when it may use the `nodes` map as a whole (iterates
+/// it, passes it to a function, indexes it with a computed key). Lets an evaluation copy only
+/// the outputs it can read.
+pub fn nodes_read(expr: &str) -> Option<Vec<String>> {
+    let bytes = expr.as_bytes();
+    let mut i = 0;
+    while let Some(pos) = expr[i..].find("nodes") {
+        let start = i + pos;
+        let end = start + "nodes".len();
+        i = end;
+        let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+        let bounded_before = start == 0 || !(word(bytes[start - 1]) || bytes[start - 1] == b'.');
+        let bounded_after = bytes.get(end).is_none_or(|b| !word(*b));
+        if !bounded_before || !bounded_after {
+            continue;
+        }
+        let rest = &expr[end..];
+        if let Some(r) = rest.strip_prefix('.') {
+            let id_len = r.bytes().take_while(|b| word(*b)).count();
+            let after = r[id_len..].trim_start();
+            if id_len == 0 || after.starts_with('(') {
+                return None; // a method or macro on the map itself
+            }
+        } else if rest.starts_with("[\"") || rest.starts_with("['") {
+            // A literal key; a computed one falls through to `None`.
+        } else {
+            return None;
+        }
+    }
+    Some(node_references(expr))
+}
+
 /// Converts JSON to a CEL value (integers that fit stay `int`).
 pub fn to_cel(v: &Value) -> Cel {
     match v {
@@ -557,6 +590,18 @@ mod tests {
         assert!(scan("input.s == ')'", &lim).is_ok());
         assert!(scan("(input.n > 1", &lim).is_err());
         assert!(scan("input.n > 1)", &lim).is_err());
+    }
+
+    #[test]
+    fn only_the_nodes_an_expression_names_are_read() {
+        assert_eq!(
+            nodes_read("nodes.a.output.x == 1 && nodes['b'].status == 'ok' && nodes_x == 1"),
+            Some(vec!["a".to_owned(), "b".to_owned()])
+        );
+        assert_eq!(nodes_read("size(nodes) > 1"), None);
+        assert_eq!(nodes_read("nodes.all(k, k != 'a')"), None);
+        assert_eq!(nodes_read("nodes[input.k].status == 'ok'"), None);
+        assert_eq!(nodes_read("input.n > 1"), Some(vec![]));
     }
 
     #[test]

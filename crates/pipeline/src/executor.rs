@@ -766,11 +766,13 @@ impl Driver {
         }
     }
 
-    fn outputs(&self) -> HashMap<String, Value> {
+    /// Borrowed outputs of the succeeded nodes (templates copy only what they reference).
+    fn outputs(&self) -> HashMap<&str, &Value> {
+        const NULL: &Value = &Value::Null;
         self.state
             .iter()
             .filter(|n| n.status == NodeStatus::Succeeded)
-            .map(|n| (n.node_id.clone(), n.output.clone().unwrap_or(Value::Null)))
+            .map(|n| (n.node_id.as_str(), n.output.as_ref().unwrap_or(NULL)))
             .collect()
     }
 
@@ -810,10 +812,13 @@ impl Driver {
                     .and_then(Value::as_str)
                     .unwrap_or("")
                     .to_owned();
+                // Copy only the outputs the expression can read.
+                let reads = condition::nodes_read(&expr);
                 let nodes: serde_json::Map<String, Value> = self
                     .state
                     .iter()
                     .filter(|n| n.status.is_terminal())
+                    .filter(|n| reads.as_ref().is_none_or(|ids| ids.contains(&n.node_id)))
                     .map(|n| {
                         (
                             n.node_id.clone(),

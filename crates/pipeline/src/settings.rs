@@ -60,6 +60,9 @@ pub struct PipelineSettings {
     pub cel_max_literal_items: usize,
     /// `GATHERING__PIPELINE__CONDITION_BUDGET_MS`: longest a condition may evaluate.
     pub condition_budget_ms: u64,
+    /// `GATHERING__PIPELINE__COMPILE_BUDGET_MS`: longest the compile check of a definition's
+    /// conditions may take (waiting for a CEL thread included) when it is stored.
+    pub compile_budget_ms: u64,
     /// `GATHERING__PIPELINE__CEL_THREADS`: CEL compiles/evaluations at once (abandoned included).
     pub cel_threads: usize,
     /// `GATHERING__PIPELINE__MAX_TEMPLATE_REFS`: `{{…}}` references per node.
@@ -101,6 +104,7 @@ impl Default for PipelineSettings {
             cel_max_macros: d.limits.cel.max_macros,
             cel_max_literal_items: d.limits.cel.max_literal_items,
             condition_budget_ms: d.limits.condition_budget.as_millis() as u64,
+            compile_budget_ms: d.limits.compile_budget.as_millis() as u64,
             cel_threads: d.cel_pool.threads(),
             max_template_refs: d.limits.max_template_refs,
             max_rendered_bytes: d.limits.max_rendered_bytes,
@@ -129,12 +133,12 @@ impl PipelineSettings {
                 max_literal_items: self.cel_max_literal_items.max(1),
             },
             condition_budget: Duration::from_millis(self.condition_budget_ms.max(1)),
+            compile_budget: Duration::from_millis(self.compile_budget_ms.max(1)),
             max_template_refs: self.max_template_refs,
             max_rendered_bytes: self.max_rendered_bytes.max(2),
             max_output_depth: self.max_output_depth.max(1),
             max_output_bytes: self.max_output_bytes.max(4),
             max_run_output_bytes: self.max_run_output_bytes.max(4),
-            ..Limits::default()
         }
     }
 

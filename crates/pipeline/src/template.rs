@@ -107,14 +107,32 @@ pub fn escape_pointer(key: &str) -> String {
 /// What templates can see: the run input and the outputs of finished nodes.
 pub struct TemplateContext<'a> {
     pub input: &'a Value,
-    pub outputs: &'a HashMap<String, Value>,
+    pub outputs: &'a dyn Outputs,
+}
+
+/// Finished nodes' outputs by node id (borrowed by the executor: rendering copies only what a
+/// template references, after measuring it).
+pub trait Outputs {
+    fn output(&self, id: &str) -> Option<&Value>;
+}
+
+impl Outputs for HashMap<String, Value> {
+    fn output(&self, id: &str) -> Option<&Value> {
+        self.get(id)
+    }
+}
+
+impl Outputs for HashMap<&str, &Value> {
+    fn output(&self, id: &str) -> Option<&Value> {
+        self.get(id).copied()
+    }
 }
 
 impl TemplateContext<'_> {
     fn lookup(&self, r: &TemplateRef) -> Option<&Value> {
         let (root, path) = match r {
             TemplateRef::Input(path) => (Some(self.input), path),
-            TemplateRef::Node { id, path } => (self.outputs.get(id), path),
+            TemplateRef::Node { id, path } => (self.outputs.output(id), path),
         };
         let mut cur = root?;
         for seg in path {
@@ -382,7 +400,7 @@ mod tests {
     #[test]
     fn fan_out_rendering_stops_at_the_bound() {
         let input = json!({"x": "y".repeat(250 * 1024)});
-        let outputs = HashMap::new();
+        let outputs: HashMap<String, Value> = HashMap::new();
         let ctx = TemplateContext {
             input: &input,
             outputs: &outputs,

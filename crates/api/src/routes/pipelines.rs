@@ -5,6 +5,7 @@ use crate::error::ApiError;
 use crate::extract::{AuthUser, PageQuery};
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
+use futures::StreamExt;
 use gathering_domain::FieldProblem;
 use gathering_domain::pipeline::{
     Edge, Node, NodeRun, Pipeline, PipelineDefinition, Run, RunDetail, RunError,
@@ -204,14 +205,42 @@ pub struct RunPage {
     pub next_cursor: Option<String>,
 }
 
-/// Parses a JSON body of at most `max` bytes (the route's own limit, under the global one):
-/// 400 for malformed JSON or a non-JSON content type, 422 naming the field for JSON of the wrong
-/// shape or a body over the limit. Sizes are checked before anything is parsed.
-fn parse_body<T: DeserializeOwned>(
+fn too_large(max: usize) -> ApiError {
+    ApiError::bad_request(
+        "payload_too_large",
+        format!("the request body must be at most {max} bytes"),
+    )
+}
+
+/// Reads a body of at most `max` bytes (the route's own limit): refused from `Content-Length`
+/// before reading, or as soon as the bytes read pass the limit.
+async fn read_body(
     req: &HttpRequest,
-    body: &[u8],
+    mut payload: web::Payload,
     max: usize,
-) -> Result<T, ApiError> {
+) -> Result<web::BytesMut, ApiError> {
+    let declared = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(too_large(max));
+    }
+    let mut buf = web::BytesMut::with_capacity(declared.unwrap_or(0).min(max));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
+        if buf.len() + chunk.len() > max {
+            return Err(too_large(max));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf)
+}
+
+/// Parses a JSON body read by [`read_body`]: 400 for malformed JSON or a non-JSON content type,
+/// 422 naming the field for JSON of the wrong shape.
+fn parse_body<T: DeserializeOwned>(req: &HttpRequest, body: &[u8]) -> Result<T, ApiError> {
     if let Some(ct) = req.headers().get(actix_web::http::header::CONTENT_TYPE)
         && !ct
             .to_str()
@@ -223,12 +252,6 @@ fn parse_body<T: DeserializeOwned>(
             "unsupported_media_type",
             "expected Content-Type: application/json",
         ));
-    }
-    if body.len() > max {
-        return Err(ApiError::validation(vec![FieldProblem::new(
-            "",
-            format!("the request body must be at most {max} bytes"),
-        )]));
     }
     // Parsed as a value first, so a NUL anywhere is refused exactly as `Json<T>` refuses it.
     let value: Value = serde_json::from_slice(body)
@@ -258,9 +281,10 @@ pub async fn create(
     user: AuthUser,
     svc: web::Data<PipelineService>,
     req: HttpRequest,
-    body: web::Bytes,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let b: CreatePipelineBody = parse_body(&req, &body, svc.limits().max_definition_bytes)?;
+    let body = read_body(&req, payload, svc.limits().max_definition_bytes).await?;
+    let b: CreatePipelineBody = parse_body(&req, &body)?;
     drop(body);
     let p = svc
         .create(
@@ -315,9 +339,10 @@ pub async fn update(
     svc: web::Data<PipelineService>,
     id: web::Path<Uuid>,
     req: HttpRequest,
-    body: web::Bytes,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let b: PatchPipelineBody = parse_body(&req, &body, svc.limits().max_definition_bytes)?;
+    let body = read_body(&req, payload, svc.limits().max_definition_bytes).await?;
+    let b: PatchPipelineBody = parse_body(&req, &body)?;
     drop(body);
     let p = svc
         .update(
@@ -356,13 +381,14 @@ pub async fn start_run(
     svc: web::Data<PipelineService>,
     id: web::Path<Uuid>,
     req: HttpRequest,
-    body: web::Bytes,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     // An empty body means `{}` input; anything else must be a well-formed JSON object.
+    let body = read_body(&req, payload, crate::MAX_JSON_BYTES).await?;
     let input = if body.iter().all(u8::is_ascii_whitespace) {
         None
     } else {
-        parse_body::<StartRunBody>(&req, &body, max_run_body())?.input
+        parse_body::<StartRunBody>(&req, &body)?.input
     }
     .unwrap_or_else(|| Value::Object(Default::default()));
     if !input.is_object() {
@@ -414,11 +440,6 @@ pub async fn cancel_run(
 ) -> Result<HttpResponse, ApiError> {
     svc.cancel(user.id, *id).await?;
     Ok(HttpResponse::Accepted().json(serde_json::json!({"id": *id, "cancel_requested": true})))
-}
-
-/// The run input is bounded by the service (`/input`); the body only by the global limit.
-fn max_run_body() -> usize {
-    crate::MAX_JSON_BYTES
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
