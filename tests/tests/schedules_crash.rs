@@ -66,6 +66,8 @@ fn start_process(
         cmd.env(k, v);
     }
     cmd.env(ALLOW_LOOPBACK.0, ALLOW_LOOPBACK.1);
+    // These schedules fire every second; the production minimum interval is 10 s.
+    cmd.env("GATHERING__SCHEDULER__MIN_INTERVAL_SECS", "1");
     for (k, v) in extra {
         cmd.env(k, v);
     }

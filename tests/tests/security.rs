@@ -82,7 +82,6 @@ async fn workspace_files_resolve_under_the_project_root_only() {
         "src%5C..%5C..%5Csecret.txt",       // backslashes
         "%2Fetc%2Fpasswd",                  // absolute
         "C:%5Cwindows%5Cwin.ini",           // drive-absolute
-        "README.md%00.txt",                 // NUL byte
         "escape",                           // symlink to a file outside
         "escape_dir%2Fsecret.txt",          // through a symlinked directory outside
         "src%2F..%2F..%2Froot%2FREADME.md", // leaves and re-enters: still refused
@@ -101,6 +100,19 @@ async fn workspace_files_resolve_under_the_project_root_only() {
             "tree {p}: {}",
             r.status()
         );
+    }
+
+    // A NUL byte never reaches the resolver: every query string holding `%00` is refused at
+    // the edge (hardening_limits.rs).
+    for route in ["files", "tree"] {
+        let r = app
+            .get(
+                &format!("/projects/{id}/{route}?path=README.md%00.txt"),
+                Some(&admin),
+            )
+            .await;
+        let body = assert_error(r, StatusCode::BAD_REQUEST, "invalid_query").await;
+        assert!(!body.to_string().contains("TOP SECRET"), "{body}");
     }
 
     let tree: Value = app
