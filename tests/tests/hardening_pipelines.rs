@@ -244,7 +244,9 @@ fn nest(mut v: Value, depth: usize) -> Value {
 
 #[tokio::test]
 async fn a_deep_node_output_fails_the_node_and_runs_stay_readable() {
-    let app = spawn_app().await;
+    // The tool registry bounds tool outputs at depth 64 too (`output_too_large`); raise that
+    // bound so this test reaches the pipeline's own bound on what it stores.
+    let app = spawn_app_with(&[("GATHERING__TOOLS__MAX_OUTPUT_DEPTH", "512")]).await;
     let token = app.user_token().await;
     // 100 levels of params around a 60-level input: a 160-level output, deeper than serde_json
     // reads back.
