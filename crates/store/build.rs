@@ -2,7 +2,10 @@
 use std::{env, fs, path::PathBuf};
 
 fn main() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../migrations");
+    // Read at run time, not baked in with `env!`: a build script binary reused from another
+    // checkout (a copied target dir) must still read this checkout's migrations.
+    let manifest_dir = env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".to_owned());
+    let dir = PathBuf::from(manifest_dir).join("../../migrations");
     println!("cargo:rerun-if-changed={}", dir.display());
     let mut found: Vec<(i64, String, PathBuf)> = Vec::new();
     if let Ok(entries) = fs::read_dir(&dir) {
