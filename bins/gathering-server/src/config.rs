@@ -21,6 +21,7 @@ pub struct Settings {
     pub rate_limit: RateLimitSettings,
     pub tools: ToolsSettings,
     pub pipeline: gathering_pipeline::settings::PipelineSettings,
+    #[serde(default)]
     pub scheduler: SchedulerSettings,
     pub events: EventsSettings,
     #[serde(default)]
@@ -98,21 +99,8 @@ pub struct ToolsSettings {
     pub json_query_max_work_bytes: usize,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-pub struct SchedulerSettings {
-    pub batch_size: u32,
-    pub max_concurrent: usize,
-    /// How often an instance beats; recovery runs at the same pace.
-    pub heartbeat_secs: u64,
-    /// An instance silent this long is dead: its running executions become `interrupted`.
-    pub stale_after_secs: u64,
-    /// How late an occurrence may start and still count as on time rather than missed.
-    pub misfire_grace_secs: u64,
-    /// Shortest schedule interval (and shortest gap between two cron firings); at least 1.
-    pub min_interval_secs: u64,
-    /// Longest cron pattern accepted, in characters.
-    pub max_cron_chars: usize,
-}
+/// `[scheduler]`: the scheduler crate's own section; its defaults live there, not here.
+pub use gathering_scheduler::SchedulerSettings;
 
 /// Per-user quotas (`GATHERING__QUOTAS__*`); 0 disables one.
 #[derive(Debug, Clone, Deserialize)]
@@ -202,13 +190,6 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("pipeline.breaker_cooldown_secs", "30"),
     ("pipeline.max_concurrent_nodes", "64"),
     ("pipeline.lease_secs", "30"),
-    ("scheduler.batch_size", "500"),
-    ("scheduler.max_concurrent", "64"),
-    ("scheduler.heartbeat_secs", "5"),
-    ("scheduler.stale_after_secs", "30"),
-    ("scheduler.misfire_grace_secs", "60"),
-    ("scheduler.min_interval_secs", "10"),
-    ("scheduler.max_cron_chars", "128"),
     ("quotas.schedules_per_user", "1000"),
     ("quotas.pipelines_per_user", "1000"),
     ("quotas.agents_per_user", "200"),
@@ -353,6 +334,32 @@ mod tests {
             Some("sk-secret".to_owned())
         );
         assert!(s.database_url.is_some());
+    }
+
+    #[test]
+    fn scheduler_section_takes_the_crates_defaults_and_keeps_its_env_names() {
+        let s = Settings::from_sources(&env(&[])).unwrap();
+        assert_eq!(
+            s.scheduler,
+            gathering_scheduler::SchedulerSettings::default()
+        );
+        assert_eq!(
+            (s.scheduler.batch_size, s.scheduler.max_concurrent),
+            (500, 64)
+        );
+        let s = Settings::from_sources(&env(&[
+            ("GATHERING__SCHEDULER__BATCH_SIZE", "7"),
+            ("GATHERING__SCHEDULER__MAX_CONCURRENT", "3"),
+            ("GATHERING__SCHEDULER__MAX_CRON_CHARS", "40"),
+        ]))
+        .unwrap();
+        assert_eq!(s.scheduler.batch_size, 7);
+        assert_eq!(s.scheduler.max_concurrent, 3);
+        assert_eq!(s.scheduler.max_cron_chars, 40);
+        assert_eq!(
+            s.scheduler.heartbeat_secs, 5,
+            "unset keys keep their default"
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use crate::actions;
 use crate::error::SchedulerError;
+use crate::settings::SchedulerSettings;
 use crate::timing::Timing;
 use crate::worker::Scheduler;
 use gathering_domain::scheduler::{
@@ -27,11 +28,13 @@ pub struct ScheduleLimits {
     pub http_allowed_hosts: Vec<String>,
 }
 
+/// The configurable values come from [`SchedulerSettings::default`] (the one source).
 impl Default for ScheduleLimits {
     fn default() -> Self {
+        let s = SchedulerSettings::default();
         Self {
-            min_interval_secs: 10,
-            max_cron_chars: 128,
+            min_interval_secs: s.min_interval_secs,
+            max_cron_chars: s.max_cron_chars,
             http_allowed_hosts: Vec::new(),
         }
     }

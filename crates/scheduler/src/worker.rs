@@ -5,6 +5,7 @@
 
 use crate::actions::{ActionPorts, RetryPolicy};
 use crate::error::SchedulerError;
+use crate::settings::SchedulerSettings;
 use crate::timing::Planner;
 use chrono::{DateTime, Utc};
 use futures::FutureExt;
@@ -49,17 +50,19 @@ pub struct SchedulerConfig {
     pub retry: RetryPolicy,
 }
 
+/// The configurable values come from [`SchedulerSettings::default`] (the one source).
 impl Default for SchedulerConfig {
     fn default() -> Self {
+        let s = SchedulerSettings::default();
         Self {
             instance_id: Uuid::now_v7(),
-            batch_size: 100,
-            max_concurrency: 32,
+            batch_size: s.batch_size,
+            max_concurrency: s.max_concurrent,
             max_sleep: Duration::from_secs(30),
             min_sleep: Duration::from_millis(100),
-            heartbeat_every: Duration::from_secs(5),
-            stale_after: Duration::from_secs(30),
-            misfire_grace: Duration::from_secs(60),
+            heartbeat_every: Duration::from_secs(s.heartbeat_secs),
+            stale_after: Duration::from_secs(s.stale_after_secs),
+            misfire_grace: Duration::from_secs(s.misfire_grace_secs),
             shutdown_timeout: Duration::from_secs(30),
             retry: RetryPolicy::default(),
         }

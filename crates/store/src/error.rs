@@ -3,7 +3,7 @@
 use gathering_domain::RepoError;
 use tokio_postgres::error::SqlState;
 
-/// Errors of this crate's own operations (start-up, migrations, the local cluster).
+/// Errors of this crate's own operations (start-up, migrations).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("invalid database configuration: {0}")]
@@ -27,8 +27,6 @@ pub enum StoreError {
          run a newer GatheRing"
     )]
     MigrationAhead { db: i64, known: i64 },
-    #[error("local PostgreSQL cluster: {0}")]
-    LocalCluster(String),
     #[error(transparent)]
     Repo(#[from] RepoError),
     #[error("database error: {0}")]

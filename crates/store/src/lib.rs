@@ -1,11 +1,11 @@
 //! PostgreSQL adapters of the domain's repository traits (tokio-postgres + deadpool-postgres),
-//! the migration runner, LISTEN/NOTIFY, and the private local cluster of the default run.
+//! the migration runner, and LISTEN/NOTIFY. (The private local cluster of the default run is
+//! the `gathering-pgcluster` crate.)
 
 pub mod agents;
 pub mod audit;
 pub mod error;
 pub mod listener;
-pub mod local_cluster;
 pub mod migrate;
 pub mod notifications;
 pub mod page;

@@ -1,19 +1,6 @@
-//! The default run: with no `DATABASE_URL`, GatheRing runs its own private PostgreSQL cluster
-//! under the data dir, with the machine's `initdb`/`pg_ctl`/`postgres`.
-//!
-//! Layout under the data dir:
-//! - `postgres/` — the cluster (created once by `initdb`, reused afterwards: data persists);
-//!   its server log is `postgres/server.log` and its Unix socket lives in it too;
-//! - `postgres.port` — the TCP port chosen once (a free one on 127.0.0.1), reused while free.
-//!
-//! PostgreSQL refuses to run as root: when GatheRing runs as root the cluster belongs to the
-//! `postgres` system user and every PostgreSQL program runs as that user through
-//! `runuser -u postgres --` (or `su`, when `runuser` is missing).
-//!
-//! Every function here blocks (it runs processes and touches files) except [`LocalCluster::start`]
-//! and [`LocalCluster::stop`], which move that work onto the blocking pool.
+//! The cluster itself: finding the programs, `initdb`, start/reuse, stop, the database.
 
-use crate::error::StoreError;
+use crate::error::ClusterError;
 use std::ffi::OsStr;
 use std::io::{Read, Seek, SeekFrom};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
@@ -45,8 +32,8 @@ const MAX_SOCKET_DIR_BYTES: usize = 90;
 const START_ATTEMPTS: usize = 3;
 const PG_CTL_TIMEOUT_SECS: &str = "60";
 
-fn err(msg: impl Into<String>) -> StoreError {
-    StoreError::LocalCluster(msg.into())
+fn err(msg: impl Into<String>) -> ClusterError {
+    ClusterError::Operation(msg.into())
 }
 
 /// The three server programs, all from one directory (one PostgreSQL version).
@@ -104,7 +91,7 @@ pub fn find_binaries(
     path_var: Option<&OsStr>,
     versioned_roots: &[PathBuf],
     prefer_version: Option<&str>,
-) -> Result<PgBinaries, StoreError> {
+) -> Result<PgBinaries, ClusterError> {
     let mut candidates: Vec<PathBuf> = Vec::new();
     if let Some(v) = prefer_version.filter(|v| !v.is_empty() && !v.contains('/')) {
         candidates.extend(versioned_roots.iter().map(|r| r.join(v).join("bin")));
@@ -135,7 +122,7 @@ pub fn find_binaries(
 }
 
 /// The machine's search: `$PATH` and `/usr/lib/postgresql/<version>/bin`.
-pub fn find_system_binaries(prefer_version: Option<&str>) -> Result<PgBinaries, StoreError> {
+pub fn find_system_binaries(prefer_version: Option<&str>) -> Result<PgBinaries, ClusterError> {
     let path = std::env::var_os("PATH");
     find_binaries(
         path.as_deref(),
@@ -151,7 +138,7 @@ fn parse_effective_uid(status: &str) -> Option<u32> {
 }
 
 /// Effective uid of this process, without unsafe code.
-pub fn effective_uid() -> Result<u32, StoreError> {
+pub fn effective_uid() -> Result<u32, ClusterError> {
     if let Some(uid) = std::fs::read_to_string("/proc/self/status")
         .ok()
         .as_deref()
@@ -199,7 +186,7 @@ enum Runner {
 }
 
 impl Runner {
-    fn detect() -> Result<Runner, StoreError> {
+    fn detect() -> Result<Runner, ClusterError> {
         if effective_uid()? != 0 {
             return Ok(Runner::Direct);
         }
@@ -248,7 +235,7 @@ impl Runner {
         }
     }
 
-    fn command(&self, program: &Path, args: &[&OsStr]) -> Result<Command, StoreError> {
+    fn command(&self, program: &Path, args: &[&OsStr]) -> Result<Command, ClusterError> {
         let mut cmd = match self {
             Runner::Direct => {
                 let mut c = Command::new(program);
@@ -290,7 +277,7 @@ impl Runner {
     }
 }
 
-fn run(cmd: &mut Command, what: &str) -> Result<Output, StoreError> {
+fn run(cmd: &mut Command, what: &str) -> Result<Output, ClusterError> {
     let out = cmd
         .output()
         .map_err(|e| err(format!("cannot run {what}: {e}")))?;
@@ -332,7 +319,7 @@ fn log_tail(log: &Path) -> String {
 
 /// `pg_ctl` pastes `-D`, `-l` and `-o` into a shell command line inside double quotes, so paths
 /// with shell-special characters would break (or be interpreted).
-fn check_path_is_shell_safe(p: &Path) -> Result<(), StoreError> {
+fn check_path_is_shell_safe(p: &Path) -> Result<(), ClusterError> {
     let bad = p
         .as_os_str()
         .as_bytes()
@@ -349,7 +336,7 @@ fn check_path_is_shell_safe(p: &Path) -> Result<(), StoreError> {
 }
 
 /// `create_dir_all` that reports which directories it created (outermost first).
-fn create_dir_all_tracked(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
+fn create_dir_all_tracked(dir: &Path) -> Result<Vec<PathBuf>, ClusterError> {
     let mut missing = Vec::new();
     let mut cur = Some(dir);
     while let Some(d) = cur {
@@ -377,7 +364,7 @@ fn chown_recursive(path: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
     Ok(())
 }
 
-fn add_mode(path: &Path, bits: u32) -> Result<(), StoreError> {
+fn add_mode(path: &Path, bits: u32) -> Result<(), ClusterError> {
     let meta =
         std::fs::metadata(path).map_err(|e| err(format!("cannot read {}: {e}", path.display())))?;
     let mut perms = meta.permissions();
@@ -457,7 +444,7 @@ fn port_is_free(port: u16) -> bool {
     TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port))).is_ok()
 }
 
-fn pick_free_port() -> Result<u16, StoreError> {
+fn pick_free_port() -> Result<u16, ClusterError> {
     let l = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
         .map_err(|e| err(format!("cannot find a free port on 127.0.0.1: {e}")))?;
     l.local_addr()
@@ -466,7 +453,7 @@ fn pick_free_port() -> Result<u16, StoreError> {
 }
 
 /// The remembered port if it is still free, otherwise a new free one (remembered from now on).
-fn choose_port(data_dir: &Path, avoid: Option<u16>) -> Result<u16, StoreError> {
+fn choose_port(data_dir: &Path, avoid: Option<u16>) -> Result<u16, ClusterError> {
     let file = data_dir.join(PORT_FILE);
     let remembered: Option<u16> = std::fs::read_to_string(&file)
         .ok()
@@ -514,7 +501,7 @@ fn init_cluster(
     data_dir: &Path,
     cluster: &Path,
     runner: &Runner,
-) -> Result<PgBinaries, StoreError> {
+) -> Result<PgBinaries, ClusterError> {
     if cluster.exists() {
         let empty = std::fs::read_dir(cluster)
             .map(|mut d| d.next().is_none())
@@ -572,7 +559,7 @@ fn pg_ctl_start(
     runner: &Runner,
     cluster: &Path,
     port: u16,
-) -> Result<(), StoreError> {
+) -> Result<(), ClusterError> {
     let log = cluster.join(LOG_FILE);
     rotate_log(&log);
     let socket_dir = if cluster.as_os_str().len() <= MAX_SOCKET_DIR_BYTES {
@@ -610,7 +597,7 @@ fn pg_ctl_start(
     Ok(())
 }
 
-fn start_blocking(data_dir: &Path) -> Result<Started, StoreError> {
+fn start_blocking(data_dir: &Path) -> Result<Started, ClusterError> {
     let runner = Runner::detect()?;
     let created = create_dir_all_tracked(data_dir)?;
     let data_dir = data_dir.canonicalize().map_err(|e| {
@@ -701,7 +688,7 @@ fn start_blocking(data_dir: &Path) -> Result<Started, StoreError> {
                 });
             }
             // Someone took the port between our check and the server's bind: pick another.
-            Err(StoreError::LocalCluster(msg))
+            Err(ClusterError::Operation(msg))
                 if attempt < START_ATTEMPTS && msg.contains("Address already in use") =>
             {
                 tracing::warn!(port, "port taken while starting PostgreSQL; retrying");
@@ -713,7 +700,7 @@ fn start_blocking(data_dir: &Path) -> Result<Started, StoreError> {
     }
 }
 
-fn stop_blocking(started: &Started) -> Result<(), StoreError> {
+fn stop_blocking(started: &Started) -> Result<(), ClusterError> {
     let args: [&OsStr; 8] = [
         OsStr::new("-D"),
         started.cluster_dir.as_os_str(),
@@ -740,7 +727,7 @@ fn stop_blocking(started: &Started) -> Result<(), StoreError> {
 }
 
 /// Connects to the cluster's `postgres` database and creates [`DATABASE_NAME`] if missing.
-async fn ensure_database(port: u16) -> Result<(), StoreError> {
+async fn ensure_database(port: u16) -> Result<(), ClusterError> {
     let mut config = tokio_postgres::Config::new();
     config
         .host("127.0.0.1")
@@ -768,7 +755,7 @@ async fn ensure_database(port: u16) -> Result<(), StoreError> {
                 waited += delay;
                 delay = (delay * 2).min(Duration::from_secs(2));
             }
-            Err(e) => return Err(StoreError::Connect(Box::new(e))),
+            Err(e) => return Err(ClusterError::Connect(e)),
         }
     };
     let exists = |client: tokio_postgres::Client| async move {
@@ -781,7 +768,7 @@ async fn ensure_database(port: u16) -> Result<(), StoreError> {
             .is_some();
         Ok::<_, tokio_postgres::Error>((client, found))
     };
-    let (client, found) = exists(client).await?;
+    let (client, found) = exists(client).await.map_err(ClusterError::Database)?;
     if !found {
         // A constant name: identifiers cannot be bind parameters.
         match client.batch_execute("CREATE DATABASE gathering").await {
@@ -789,9 +776,9 @@ async fn ensure_database(port: u16) -> Result<(), StoreError> {
             Err(e) => {
                 // Another instance may have created it at the same moment (PostgreSQL reports
                 // that as duplicate_database or as a unique violation on pg_database).
-                let (_, found) = exists(client).await?;
+                let (_, found) = exists(client).await.map_err(ClusterError::Database)?;
                 if !found {
-                    return Err(e.into());
+                    return Err(ClusterError::Database(e));
                 }
             }
         }
@@ -812,7 +799,7 @@ impl LocalCluster {
     /// Creates the cluster under `<data_dir>/postgres` on first use, starts it (or reuses it if it
     /// is already running), and creates the `gathering` database. Blocking work runs on the
     /// blocking pool.
-    pub async fn start(data_dir: &Path) -> Result<LocalCluster, StoreError> {
+    pub async fn start(data_dir: &Path) -> Result<LocalCluster, ClusterError> {
         let dir = data_dir.to_path_buf();
         let started = tokio::task::spawn_blocking(move || start_blocking(&dir))
             .await
@@ -854,7 +841,7 @@ impl LocalCluster {
 
     /// Stops the server (`pg_ctl stop -m fast -w`) if this value started it; otherwise, and on
     /// every call after the first, does nothing.
-    pub async fn stop(&self) -> Result<(), StoreError> {
+    pub async fn stop(&self) -> Result<(), ClusterError> {
         if !self.started.started_here || self.stopped.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
@@ -870,7 +857,7 @@ impl LocalCluster {
     }
 
     /// [`LocalCluster::stop`] for callers outside an async runtime.
-    pub fn stop_blocking(&self) -> Result<(), StoreError> {
+    pub fn stop_blocking(&self) -> Result<(), ClusterError> {
         if !self.started.started_here || self.stopped.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
@@ -902,7 +889,7 @@ mod tests {
         let path = std::env::join_paths([empty.path().join("bin")]).unwrap();
         let e = find_binaries(Some(&path), &[empty.path().join("lib")], None).unwrap_err();
         let msg = e.to_string();
-        assert!(matches!(e, StoreError::LocalCluster(_)));
+        assert!(matches!(e, ClusterError::Operation(_)));
         assert!(msg.contains("`postgresql` package"), "{msg}");
         assert!(msg.contains("DATABASE_URL"), "{msg}");
         assert!(msg.contains("initdb"), "{msg}");

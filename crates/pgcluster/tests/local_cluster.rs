@@ -2,7 +2,7 @@
 //! Each test creates its own cluster in a temporary directory (a few seconds each).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use gathering_store::local_cluster::LocalCluster;
+use gathering_pgcluster::LocalCluster;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
@@ -172,7 +172,7 @@ async fn restart_survives_a_stale_pid_file_and_a_taken_port() {
 
 #[tokio::test]
 async fn as_root_a_data_dir_postgres_cannot_reach_is_refused_with_a_clear_error() {
-    if gathering_store::local_cluster::effective_uid().unwrap() != 0 {
+    if gathering_pgcluster::effective_uid().unwrap() != 0 {
         // Only root hands the cluster to the `postgres` user.
         return;
     }
