@@ -9,7 +9,8 @@ pub mod template;
 pub mod validate;
 
 pub use error::PipelineError;
-pub mod breaker;
+/// The breaker registry now lives in `gathering-resilience` (one for the whole process).
+pub use gathering_resilience as breaker;
 pub mod executor;
 pub mod limits;
 pub mod memory;
