@@ -47,6 +47,8 @@ pub struct SchedulerConfig {
     /// How long a graceful stop waits for running actions.
     pub shutdown_timeout: Duration,
     pub retry: RetryPolicy,
+    /// The process-wide circuit-breaker registry; `None`: one of this scheduler's own.
+    pub breakers: Option<Arc<gathering_resilience::Breakers>>,
 }
 
 impl Default for SchedulerConfig {
@@ -62,6 +64,7 @@ impl Default for SchedulerConfig {
             misfire_grace: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(30),
             retry: RetryPolicy::default(),
+            breakers: None,
         }
     }
 }
@@ -154,6 +157,12 @@ impl Scheduler {
                     agents: deps.agents,
                     pipelines: deps.pipelines,
                     retry: config.retry,
+                    breakers: config.breakers.clone().unwrap_or_else(|| {
+                        gathering_resilience::Breakers::new(
+                            Default::default(),
+                            Arc::clone(&deps.clock),
+                        )
+                    }),
                 },
                 events: deps.events,
                 notifier: deps.notifier,
