@@ -141,7 +141,6 @@ impl HttpModelFactory {
         }
         Ok(self.guarded.clone())
     }
-
 }
 
 impl ModelFactory for HttpModelFactory {
@@ -558,8 +557,15 @@ impl AgentService {
         message: String,
         session_id: Option<Uuid>,
     ) -> Result<ChatOutcome, LlmError> {
-        self.converse(owner, agent_id, message, session_id, None, Retries::Transport)
-            .await
+        self.converse(
+            owner,
+            agent_id,
+            message,
+            session_id,
+            None,
+            Retries::Transport,
+        )
+        .await
     }
 
     /// [`Self::chat`] for callers that retry the same logical call (pipeline nodes, schedules):

@@ -6,10 +6,10 @@ use crate::crypto::SecretKey;
 use crate::error::LlmError;
 use crate::service::{AgentService, HttpModelFactory, ToolCatalog};
 use crate::settings::SettingsService;
+use gathering_domain::SystemClock;
 use gathering_domain::agents::{AgentRepository, CircleRepository, ProviderSettingsRepository};
 use gathering_domain::events::EventPublisher;
 use gathering_domain::tools::ToolInvoker;
-use gathering_domain::SystemClock;
 use gathering_resilience::{BreakerConfig, Breakers};
 use std::sync::Arc;
 

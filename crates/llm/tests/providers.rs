@@ -6,11 +6,10 @@ use gathering_llm::http::RetryPolicy;
 use gathering_llm::model::collect_stream;
 use gathering_llm::settings::Credentials;
 use gathering_llm::test_support::{FakeProvider, Recorded, Reply};
-use gathering_resilience::{BreakerConfig, Breakers};
 use gathering_llm::{
-    ChatModel, ChatRequest, HttpModelFactory, LlmError, Message, ModelFactory, Retries,
-    ToolSchema,
+    ChatModel, ChatRequest, HttpModelFactory, LlmError, Message, ModelFactory, Retries, ToolSchema,
 };
+use gathering_resilience::{BreakerConfig, Breakers};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -619,7 +618,10 @@ async fn a_rate_limited_key_never_pauses_another_key_on_the_same_provider() {
 async fn a_rejected_key_never_opens_a_circuit() {
     let srv = FakeProvider::start(|r, _| {
         if bearer(r) == "Bearer revoked" {
-            Reply::json(401, json!({"error": {"message": "Incorrect API key provided"}}))
+            Reply::json(
+                401,
+                json!({"error": {"message": "Incorrect API key provided"}}),
+            )
         } else {
             Reply::json(200, oa_reply("fine"))
         }
@@ -684,7 +686,10 @@ async fn a_transport_for_a_retrying_caller_makes_one_attempt() {
     };
     let once = f.model_with(&creds, Retries::Caller).unwrap();
     let err = chat(&once, &request()).await.unwrap_err();
-    assert!(matches!(err, LlmError::Status { status: 503, .. }), "{err:?}");
+    assert!(
+        matches!(err, LlmError::Status { status: 503, .. }),
+        "{err:?}"
+    );
     assert!(err.retryable(), "the caller is told to retry");
     assert_eq!(srv.recorded().len(), 1);
     let interactive = f.model(&creds).unwrap();

@@ -1384,18 +1384,16 @@ impl NodeExec {
         match result {
             Ok(Ok(v)) => (Ok(v), false),
             Ok(Err((f, retryable))) => (Err(f), retryable),
-            Err(_) => {
-                (
-                    Err(NodeFailure::new(
-                        "timed_out",
-                        format!(
-                            "the node exceeded its timeout of {} ms",
-                            self.timeout.as_millis()
-                        ),
-                    )),
-                    true,
-                )
-            }
+            Err(_) => (
+                Err(NodeFailure::new(
+                    "timed_out",
+                    format!(
+                        "the node exceeded its timeout of {} ms",
+                        self.timeout.as_millis()
+                    ),
+                )),
+                true,
+            ),
         }
     }
 }

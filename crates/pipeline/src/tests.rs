@@ -485,7 +485,11 @@ async fn non_retryable_failures_are_not_retried() {
 #[tokio::test]
 async fn breaker_opens_after_consecutive_failures_and_later_runs_fail_fast() {
     let h = harness_with(true, cfg(), None);
-    let mut node = action("f", "http_request", json!({"url": "https://down.example/x"}));
+    let mut node = action(
+        "f",
+        "http_request",
+        json!({"url": "https://down.example/x"}),
+    );
     node["retry"] = json!({"max_attempts": 3, "initial_backoff_ms": 1});
     let def = json!({"nodes": [node], "edges": []});
     let first = h.start(def.clone(), json!({})).await;
@@ -497,7 +501,11 @@ async fn breaker_opens_after_consecutive_failures_and_later_runs_fail_fast() {
     let f = h.node(second, "f").await;
     assert_eq!(f.error.unwrap().code, "circuit_open");
     assert_eq!(f.attempts, 1);
-    assert_eq!(h.tools.count("http_request"), 3, "an open circuit makes no call");
+    assert_eq!(
+        h.tools.count("http_request"),
+        3,
+        "an open circuit makes no call"
+    );
     // After the cooldown a half-open probe goes through (and fails again here).
     h.manual
         .as_ref()
@@ -550,7 +558,11 @@ async fn a_node_timeout_shorter_than_the_tool_never_opens_the_endpoint_circuit()
         None,
     );
     // User A: a 1 ms budget on a call to a slow endpoint, failing over and over.
-    let mut slow = action("a", "http_request", json!({"url": "https://api.example/slow"}));
+    let mut slow = action(
+        "a",
+        "http_request",
+        json!({"url": "https://api.example/slow"}),
+    );
     slow["timeout_ms"] = json!(1);
     for _ in 0..6 {
         let run = h
@@ -559,10 +571,20 @@ async fn a_node_timeout_shorter_than_the_tool_never_opens_the_endpoint_circuit()
         h.idle().await;
         assert_eq!(h.node(run, "a").await.error.unwrap().code, "timed_out");
     }
-    assert_eq!(breakers.tracked(), 0, "the caller's own budget never counts");
+    assert_eq!(
+        breakers.tracked(),
+        0,
+        "the caller's own budget never counts"
+    );
     // User B: the same endpoint still answers.
-    let ok = action("b", "http_request", json!({"url": "https://api.example/ok"}));
-    let run = h.start(json!({"nodes": [ok], "edges": []}), json!({})).await;
+    let ok = action(
+        "b",
+        "http_request",
+        json!({"url": "https://api.example/ok"}),
+    );
+    let run = h
+        .start(json!({"nodes": [ok], "edges": []}), json!({}))
+        .await;
     h.idle().await;
     assert_eq!(h.detail(run).await.run.status, RunStatus::Succeeded);
 }
@@ -592,7 +614,11 @@ async fn pure_builtin_tools_and_agents_have_no_breaker_in_the_executor() {
         assert_eq!(h.node(run, "ag").await.error.unwrap().code, "agent_failed");
     }
     assert_eq!(h.tools.count("fail5xx"), 5, "never refused by a circuit");
-    assert_eq!(agent.0.load(Ordering::SeqCst), 5, "never refused by a circuit");
+    assert_eq!(
+        agent.0.load(Ordering::SeqCst),
+        5,
+        "never refused by a circuit"
+    );
     assert_eq!(breakers.tracked(), 0);
 }
 

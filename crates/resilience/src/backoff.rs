@@ -133,7 +133,11 @@ mod tests {
         let p = policy(false);
         assert_eq!(p.decide(1, 3, false, None), Retry::GiveUp);
         assert_eq!(p.decide(3, 3, true, None), Retry::GiveUp);
-        assert_eq!(p.decide(1, 0, true, None), Retry::GiveUp, "0 means one attempt");
+        assert_eq!(
+            p.decide(1, 0, true, None),
+            Retry::GiveUp,
+            "0 means one attempt"
+        );
         assert_eq!(
             p.decide(2, 3, true, None),
             Retry::After(Duration::from_millis(200))

@@ -99,7 +99,8 @@ impl BreakerPermit {
 impl Drop for BreakerPermit {
     fn drop(&mut self) {
         if !self.recorded {
-            self.breakers.record(&self.key, self.probe, Outcome::Neutral);
+            self.breakers
+                .record(&self.key, self.probe, Outcome::Neutral);
         }
     }
 }

@@ -74,7 +74,9 @@ pub fn tool_outcome(params: &Value, result: Result<(), &ToolError>) -> Outcome {
         Err(ToolError::Failed {
             status: Some(s), ..
         }) if *s >= 500 => Outcome::Failure,
-        Err(ToolError::Failed { status: Some(_), .. }) => Outcome::Success,
+        Err(ToolError::Failed {
+            status: Some(_), ..
+        }) => Outcome::Success,
         Err(ToolError::Failed {
             status: None,
             retryable: true,
@@ -104,14 +106,26 @@ mod tests {
 
     #[test]
     fn provider_keys_differ_per_credential_and_never_contain_it() {
-        let a = provider("openai", "https://api.openai.com/v1/", Some("sk-user-a-secret"));
-        let b = provider("openai", "https://api.openai.com/v1", Some("sk-user-b-secret"));
+        let a = provider(
+            "openai",
+            "https://api.openai.com/v1/",
+            Some("sk-user-a-secret"),
+        );
+        let b = provider(
+            "openai",
+            "https://api.openai.com/v1",
+            Some("sk-user-b-secret"),
+        );
         assert_ne!(a, b);
         assert!(!a.contains("secret"));
         assert!(a.starts_with("llm:openai:https://api.openai.com/v1:"));
         assert_eq!(
             a,
-            provider("openai", "https://api.openai.com/v1", Some("sk-user-a-secret"))
+            provider(
+                "openai",
+                "https://api.openai.com/v1",
+                Some("sk-user-a-secret")
+            )
         );
         assert!(provider("ollama", "http://h", None).ends_with(":-"));
     }
@@ -131,7 +145,13 @@ mod tests {
             tool("send_notification", &json!({"channel": "ops"})).as_deref(),
             Some("webhook:ops")
         );
-        for t in ["calculator", "json_query", "text_template", "read_file", "x"] {
+        for t in [
+            "calculator",
+            "json_query",
+            "text_template",
+            "read_file",
+            "x",
+        ] {
             assert_eq!(tool(t, &json!({})), None, "{t}");
         }
     }

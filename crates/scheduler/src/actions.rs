@@ -394,19 +394,20 @@ impl ActionPorts {
                 let out = loop {
                     match runner.run(request.clone()).await {
                         Ok(out) => break out,
-                        Err(e) => match self.retry.policy().decide(
-                            attempt,
-                            attempts,
-                            e.retryable(),
-                            None,
-                        ) {
-                            Retry::After(wait) => {
-                                tracing::info!(attempt, error = %e, "run_task failed; retrying");
-                                tokio::time::sleep(wait).await;
-                                attempt += 1;
+                        Err(e) => {
+                            match self
+                                .retry
+                                .policy()
+                                .decide(attempt, attempts, e.retryable(), None)
+                            {
+                                Retry::After(wait) => {
+                                    tracing::info!(attempt, error = %e, "run_task failed; retrying");
+                                    tokio::time::sleep(wait).await;
+                                    attempt += 1;
+                                }
+                                Retry::GiveUp => return Err(format!("run_task failed: {e}")),
                             }
-                            Retry::GiveUp => return Err(format!("run_task failed: {e}")),
-                        },
+                        }
                     }
                 };
                 Ok(ActionOutcome {
@@ -818,10 +819,16 @@ mod tests {
         assert!(p.perform(&s, &e).await.is_err());
         assert_eq!(t.calls.lock().unwrap().len(), 3);
         let err = p.perform(&s, &e).await.unwrap_err();
-        assert!(err.contains("circuit for net:down.example:80 is open"), "{err}");
+        assert!(
+            err.contains("circuit for net:down.example:80 is open"),
+            "{err}"
+        );
         assert_eq!(t.calls.lock().unwrap().len(), 3, "no call while open");
         let (s, e) = sched(ActionType::CallApi, json!({"url": "http://up.example/x"}));
-        assert!(p.perform(&s, &e).await.is_ok(), "another endpoint is unaffected");
+        assert!(
+            p.perform(&s, &e).await.is_ok(),
+            "another endpoint is unaffected"
+        );
     }
 
     #[tokio::test]
