@@ -117,6 +117,15 @@ struct Inner {
 /// Results recorded per statement.
 const FLUSH_BATCH: usize = 500;
 
+/// Waits between attempts to record a batch of results (the shared backoff policy).
+const RECORD_BACKOFF: gathering_resilience::Backoff = gathering_resilience::Backoff {
+    initial: Duration::from_millis(200),
+    multiplier: 2.0,
+    max: Duration::from_secs(2),
+    jitter: true,
+    max_hint: Duration::ZERO,
+};
+
 /// The error recorded for an action whose code panicked. The panic payload is not recorded: it
 /// may hold arbitrary internals (the panic hook still reports it on stderr).
 const PANICKED_ERROR: &str = "action panicked";
@@ -383,7 +392,7 @@ impl Scheduler {
                 }
                 Err(e) => {
                     tracing::warn!(count = rows.len(), attempt, error = %e, "cannot record execution results; retrying");
-                    tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt + 1))).await;
+                    tokio::time::sleep(RECORD_BACKOFF.delay(attempt + 1)).await;
                 }
             }
         }
