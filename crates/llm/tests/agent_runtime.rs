@@ -1105,7 +1105,10 @@ async fn interactive_chat_retries_in_the_transport_but_the_runner_port_makes_one
         .await
         .unwrap()
         .unwrap_err();
-    assert!(matches!(err, LlmError::Status { status: 503, .. }), "{err:?}");
+    assert!(
+        matches!(err, LlmError::Status { status: 503, .. }),
+        "{err:?}"
+    );
     assert_eq!(srv.recorded().len(), 3, "chat: the transport retries");
     let out = tokio::time::timeout(
         T,
