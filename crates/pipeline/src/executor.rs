@@ -1319,10 +1319,12 @@ impl NodeExec {
                 let tools = Arc::clone(&self.inner.deps.tools);
                 let name = name.clone();
                 let params = params.clone();
+                let caller_timeout = keys::caller_set_timeout(&params);
                 let outcome = Arc::clone(&outcome);
                 Box::pin(async move {
-                    let result = tools.invoke(&ctx, &name, params.clone()).await;
-                    *outcome.lock() = keys::tool_outcome(&params, result.as_ref().map(|_| ()));
+                    let result = tools.invoke(&ctx, &name, params).await;
+                    *outcome.lock() =
+                        keys::tool_outcome(caller_timeout, result.as_ref().map(|_| ()));
                     result.map_err(|e: ToolError| {
                         let retryable = e.retryable();
                         let msg = match &e {

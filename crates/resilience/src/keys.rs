@@ -59,14 +59,19 @@ pub fn tool(name: &str, params: &Value) -> Option<String> {
     }
 }
 
+/// Whether the caller chose the tool's timeout budget itself (`timeout_ms` in its params).
+pub fn caller_set_timeout(params: &Value) -> bool {
+    params.get("timeout_ms").is_some_and(|t| !t.is_null())
+}
+
 /// How a tool call's result counts for the tool's breaker. A timeout counts only when it is
-/// the tool's own default (the caller did not set `timeout_ms`); 429 is the caller's rate, not
-/// the endpoint's health; other refusals (4xx, invalid parameters, forbidden paths) mean the
-/// endpoint answered or was never reached.
-pub fn tool_outcome(params: &Value, result: Result<(), &ToolError>) -> Outcome {
+/// the tool's own default (`caller_timeout` false: see [`caller_set_timeout`]); 429 is the
+/// caller's rate, not the endpoint's health; other refusals (4xx, invalid parameters, forbidden
+/// paths) mean the endpoint answered or was never reached.
+pub fn tool_outcome(caller_timeout: bool, result: Result<(), &ToolError>) -> Outcome {
     match result {
         Ok(()) => Outcome::Success,
-        Err(ToolError::Timeout(_)) if params.get("timeout_ms").is_some() => Outcome::Neutral,
+        Err(ToolError::Timeout(_)) if caller_timeout => Outcome::Neutral,
         Err(ToolError::Timeout(_)) => Outcome::Failure,
         Err(ToolError::Failed {
             status: Some(429), ..
@@ -158,14 +163,16 @@ mod tests {
 
     #[test]
     fn caller_caused_tool_failures_do_not_count() {
-        let own_budget = json!({"timeout_ms": 1});
-        let none = json!({});
+        assert!(caller_set_timeout(&json!({"timeout_ms": 1})));
+        assert!(!caller_set_timeout(&json!({"timeout_ms": null})));
+        let own_budget = true;
+        let none = false;
         assert_eq!(
-            tool_outcome(&own_budget, Err(&ToolError::Timeout(1))),
+            tool_outcome(own_budget, Err(&ToolError::Timeout(1))),
             Outcome::Neutral
         );
         assert_eq!(
-            tool_outcome(&none, Err(&ToolError::Timeout(30_000))),
+            tool_outcome(none, Err(&ToolError::Timeout(30_000))),
             Outcome::Failure
         );
         let status = |s| ToolError::Failed {
@@ -173,14 +180,14 @@ mod tests {
             retryable: s == 429 || s >= 500,
             status: Some(s),
         };
-        assert_eq!(tool_outcome(&none, Err(&status(503))), Outcome::Failure);
-        assert_eq!(tool_outcome(&none, Err(&status(429))), Outcome::Neutral);
-        assert_eq!(tool_outcome(&none, Err(&status(404))), Outcome::Success);
+        assert_eq!(tool_outcome(none, Err(&status(503))), Outcome::Failure);
+        assert_eq!(tool_outcome(none, Err(&status(429))), Outcome::Neutral);
+        assert_eq!(tool_outcome(none, Err(&status(404))), Outcome::Success);
         assert_eq!(
-            tool_outcome(&none, Err(&ToolError::InvalidParams(vec![]))),
+            tool_outcome(none, Err(&ToolError::InvalidParams(vec![]))),
             Outcome::Neutral
         );
-        assert_eq!(tool_outcome(&none, Ok(())), Outcome::Success);
+        assert_eq!(tool_outcome(none, Ok(())), Outcome::Success);
     }
 
     #[test]

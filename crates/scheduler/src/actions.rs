@@ -473,7 +473,10 @@ impl ActionPorts {
             };
             let result = self.tools.invoke(ctx, "http_request", params.clone()).await;
             if let Some(p) = permit {
-                p.record(keys::tool_outcome(&params, result.as_ref().map(|_| ())));
+                p.record(keys::tool_outcome(
+                    keys::caller_set_timeout(&params),
+                    result.as_ref().map(|_| ()),
+                ));
             }
             match result {
                 Ok(result) => {
