@@ -103,7 +103,15 @@ async fn a_users_node_timeouts_on_an_endpoint_never_block_another_user_there() {
         json!({"name": "impatient", "nodes": [
             {"id": "get", "type": "action", "timeout_ms": 1,
              "retry": {"max_attempts": 3, "initial_backoff_ms": 1},
-             "config": {"tool": "http_request", "params": {"method": "GET", "url": target.url("/slow")}}},
+             "config": {"tool": "http_request", "params": {"method": "GET", "url": target.url("/slow")}}}
+        ], "edges": []}),
+    )
+    .await;
+    // ... and on a pure built-in tool (which may or may not beat 1 ms).
+    let calc = create_pipeline(
+        &app,
+        &alice,
+        json!({"name": "hasty", "nodes": [
             {"id": "calc", "type": "action", "timeout_ms": 1,
              "config": {"tool": "calculator", "params": {"expression": "1+1"}}}
         ], "edges": []}),
@@ -113,6 +121,11 @@ async fn a_users_node_timeouts_on_an_endpoint_never_block_another_user_there() {
         let run = run_to_end(&app, &alice, &slow).await;
         assert_eq!(run["status"], "timed_out", "{run}");
         assert_eq!(node_error(&run, "get"), "timed_out", "{run}");
+        let run = run_to_end(&app, &alice, &calc).await;
+        assert!(
+            matches!(run["status"].as_str(), Some("succeeded" | "timed_out")),
+            "{run}"
+        );
     }
 
     // Bob: the same endpoint and the same built-in tool still work for him.
