@@ -151,6 +151,11 @@ pub fn build(
     );
     let invoker: Arc<dyn ToolInvoker> = tools.clone();
 
+    // One circuit-breaker registry for the process (`GATHERING__PIPELINE__BREAKER_*`): provider
+    // calls, pipeline network tools and scheduled `call_api` (docs/architecture.md, Resilience).
+    let breakers =
+        gathering_resilience::Breakers::new(settings.pipeline.breaker_config(), clock.clone());
+
     // Agents and providers.
     let mut llm_config = LlmConfig {
         http_allowed_hosts: tools_config(settings)?.http_allowed_hosts,
@@ -174,7 +179,7 @@ pub fn build(
         "settings",
         "GATHERING__LLM__SETTINGS_KEY",
     )?;
-    let llm = LlmServices::new(
+    let llm = LlmServices::with_breakers(
         Arc::new(gathering_store::agents::PgAgentStore::new(pool.clone())),
         gathering_llm::SecretKey::from_bytes(settings_key),
         llm_config,
@@ -183,6 +188,7 @@ pub fn build(
             invoker.clone(),
             Arc::new(RegistryCatalog(tools.clone())) as Arc<dyn ToolCatalog>,
         )),
+        breakers.clone(),
     )
     .context("cannot build the LLM services")?;
     let runner: Arc<dyn AgentRunner> = llm.agents.clone();
@@ -219,6 +225,7 @@ pub fn build(
         },
         gathering_pipeline::executor::ExecutorConfig {
             cel_pool,
+            breakers: Some(breakers.clone()),
             ..settings
                 .pipeline
                 .executor_config(Duration::from_secs(settings.server.shutdown_timeout_secs))
@@ -245,6 +252,7 @@ pub fn build(
             heartbeat_every: Duration::from_secs(settings.scheduler.heartbeat_secs.max(1)),
             stale_after: Duration::from_secs(settings.scheduler.stale_after_secs.max(1)),
             misfire_grace: Duration::from_secs(settings.scheduler.misfire_grace_secs),
+            breakers: Some(breakers),
             ..Default::default()
         },
     );

@@ -393,7 +393,11 @@ mod tests {
         let t = Transport {
             client: reqwest::Client::new(),
             policy: Default::default(),
-            breaker: std::sync::Arc::new(crate::breaker::CircuitBreaker::new(Default::default())),
+            breakers: gathering_resilience::Breakers::new(
+                Default::default(),
+                std::sync::Arc::new(gathering_domain::SystemClock),
+            ),
+            breaker_key: "test".into(),
             provider: "anthropic".into(),
         };
         let m = Anthropic::new("https://api.anthropic.com/v1/", "k".into(), t);

@@ -53,14 +53,13 @@ pub struct LlmConfig {
     pub connect_timeout_secs: u64,
     /// Longest silence inside a streamed answer.
     pub read_timeout_secs: u64,
-    /// Attempts per call, the first included (429 and 5xx are retried).
+    /// Attempts per interactive call (chat, circles), the first included (429 and 5xx are
+    /// retried). Calls through the agent-runner port (pipeline nodes, schedules) make one
+    /// attempt: their caller retries. The circuit breaker is the process-wide registry
+    /// (`GATHERING__PIPELINE__BREAKER_*`), handed to [`crate::LlmServices::with_breakers`].
     pub max_attempts: u32,
     /// A `Retry-After` longer than this is not waited for: the call fails with 429 instead.
     pub max_retry_wait_secs: u64,
-    pub breaker_failures: u32,
-    pub breaker_cooldown_secs: u64,
-    /// Most circuit breakers kept (one per provider endpoint).
-    pub max_breakers: usize,
     /// Session history sent with a chat: at most this many messages ...
     pub history_messages: u32,
     /// ... and at most this many characters (about 4 per token).
@@ -91,9 +90,6 @@ impl Default for LlmConfig {
             read_timeout_secs: 60,
             max_attempts: 3,
             max_retry_wait_secs: 30,
-            breaker_failures: 5,
-            breaker_cooldown_secs: 30,
-            max_breakers: 1024,
             history_messages: 40,
             history_chars: 24_000,
             memory_recall: 5,

@@ -13,7 +13,7 @@ pub enum LlmError {
         provider: String,
         retry_after: Option<Duration>,
     },
-    #[error("{provider} is failing repeatedly; calls are paused for {}s", retry_after.as_secs().max(1))]
+    #[error("{provider} is failing repeatedly for this endpoint and key; calls are paused for {}s", retry_after.as_secs().max(1))]
     CircuitOpen {
         provider: String,
         retry_after: Duration,

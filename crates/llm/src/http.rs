@@ -1,9 +1,10 @@
-//! Outbound HTTP to providers: timeouts, bounded retries on 429/5xx honouring `Retry-After`,
-//! and the provider's circuit breaker.
+//! Outbound HTTP to providers: timeouts, bounded retries on 429/5xx honouring `Retry-After`
+//! (only for interactive calls: a transport built for a retrying caller makes one attempt), and
+//! the circuit breaker of the (provider, base URL, credential) the call goes to.
 
-use crate::breaker::CircuitBreaker;
 use crate::error::LlmError;
 use crate::settings::refused_message;
+use gathering_resilience::{Backoff, Breakers, Outcome, Retry, keys};
 use gathering_tools::net::{GuardedResolver, Refused};
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use serde_json::Value;
@@ -12,7 +13,7 @@ use std::time::Duration;
 
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
-    /// Attempts, the first included.
+    /// Attempts, the first included (1 when the caller retries, see [`crate::Retries`]).
     pub max_attempts: u32,
     /// Wait before the second attempt when the provider gives no `Retry-After`; doubles after.
     pub base_backoff: Duration,
@@ -33,14 +34,44 @@ impl Default for RetryPolicy {
     }
 }
 
-/// One provider endpoint as seen by the HTTP layer.
+impl RetryPolicy {
+    /// The shared backoff policy with this transport's bounds.
+    pub fn backoff(&self) -> Backoff {
+        Backoff {
+            initial: self.base_backoff,
+            multiplier: 2.0,
+            max: self.max_wait,
+            jitter: true,
+            max_hint: self.max_wait,
+        }
+    }
+}
+
+/// One provider endpoint, used with one credential, as seen by the HTTP layer.
 #[derive(Clone)]
 pub struct Transport {
     pub client: reqwest::Client,
     pub policy: RetryPolicy,
-    pub breaker: Arc<CircuitBreaker>,
+    /// The process-wide breaker registry.
+    pub breakers: Arc<Breakers>,
+    /// [`keys::provider`]: provider, base URL and credential fingerprint.
+    pub breaker_key: String,
     /// For messages: `openai`, `anthropic`, ...
     pub provider: String,
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transport")
+            .field("provider", &self.provider)
+            .field("breaker_key", &self.breaker_key)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The breaker key of a provider endpoint used with `api_key`.
+pub fn breaker_key(provider: &str, base_url: &str, api_key: Option<&str>) -> String {
+    keys::provider(provider, base_url, api_key)
 }
 
 /// Builds the shared client: rustls, connect and read timeouts.
@@ -134,16 +165,21 @@ impl Transport {
         stream: bool,
     ) -> Result<reqwest::Response, LlmError> {
         let attempts = self.policy.max_attempts.max(1);
-        let mut backoff = self.policy.base_backoff;
+        let backoff = self.policy.backoff();
         let mut attempt = 0;
         loop {
             attempt += 1;
-            if let Err(wait) = self.breaker.try_acquire() {
-                return Err(LlmError::CircuitOpen {
-                    provider: self.provider.clone(),
-                    retry_after: wait,
-                });
-            }
+            // Dropped unrecorded (the caller's own deadline cancelled the call), the permit
+            // counts as neutral: the caller's budget is not the provider's failure.
+            let permit = match self.breakers.acquire(&self.breaker_key) {
+                Ok(p) => p,
+                Err(open) => {
+                    return Err(LlmError::CircuitOpen {
+                        provider: self.provider.clone(),
+                        retry_after: open.retry_after,
+                    });
+                }
+            };
             let mut req = self.client.post(url).json(body);
             if !stream {
                 req = req.timeout(self.policy.request_timeout);
@@ -155,12 +191,13 @@ impl Transport {
                 Err(e) => {
                     if let Some(r) = refusal(&e) {
                         // Nothing was sent: not the provider's failure, not worth retrying.
+                        permit.record(Outcome::Neutral);
                         return Err(LlmError::UrlRefused(refused_message(format_args!(
                             "`{}` resolves to {}",
                             r.host, r.addr
                         ))));
                     }
-                    self.breaker.on_failure();
+                    permit.record(Outcome::Failure);
                     let err = if e.is_timeout() {
                         LlmError::Timeout {
                             provider: self.provider.clone(),
@@ -174,17 +211,18 @@ impl Transport {
                     (err, None)
                 }
                 Ok(resp) if resp.status().is_success() => {
-                    self.breaker.on_success();
+                    permit.record(Outcome::Success);
                     return Ok(resp);
                 }
                 Ok(resp) => {
                     let status = resp.status().as_u16();
+                    // 4xx caused by the request or the key: the provider is up (not a failure);
+                    // 429 counts against this credential's breaker only; 408 and 5xx count.
+                    permit.record(keys::provider_status_outcome(status));
                     let after = retry_after(resp.headers());
                     let bytes = resp.bytes().await.unwrap_or_default();
                     let message = error_message(&bytes);
                     if !is_retryable_status(status) {
-                        // The provider is up and answering: not a breaker failure.
-                        self.breaker.on_success();
                         return Err(match status {
                             401 | 403 => LlmError::Unauthorized {
                                 provider: self.provider.clone(),
@@ -197,7 +235,6 @@ impl Transport {
                             },
                         });
                     }
-                    self.breaker.on_failure();
                     let err = if status == 429 {
                         LlmError::RateLimited {
                             provider: self.provider.clone(),
@@ -213,17 +250,12 @@ impl Transport {
                     (err, after)
                 }
             };
-            if attempt >= attempts {
+            let Retry::After(wait) = backoff.decide(attempt, attempts, true, wait) else {
                 return Err(err);
-            }
-            let wait = wait.unwrap_or(backoff);
-            if wait > self.policy.max_wait {
-                return Err(err);
-            }
+            };
             tracing::warn!(provider = %self.provider, attempt, wait_ms = wait.as_millis() as u64,
                 error = %err, "provider call failed; retrying");
             tokio::time::sleep(wait).await;
-            backoff = backoff.saturating_mul(2);
         }
     }
 

@@ -3,7 +3,6 @@
 //! (persona, memory, sessions, tool calls) and circles built on them.
 
 pub mod anthropic;
-pub mod breaker;
 pub mod circles;
 pub mod config;
 pub mod crypto;
@@ -19,7 +18,6 @@ pub mod sse;
 pub mod test_support;
 pub mod wiring;
 
-pub use breaker::{BreakerSettings, CircuitBreaker};
 pub use circles::CircleService;
 pub use config::{LlmConfig, ProviderConfig};
 pub use crypto::SecretKey;
@@ -27,6 +25,8 @@ pub use error::LlmError;
 pub use model::{
     ChatModel, ChatRequest, ChatResponse, DeltaStream, Message, StreamDelta, ToolCall, ToolSchema,
 };
-pub use service::{AgentService, ChatOutcome, HttpModelFactory, ModelFactory, ToolCatalog};
+pub use service::{
+    AgentService, ChatOutcome, HttpModelFactory, ModelFactory, Retries, ToolCatalog,
+};
 pub use settings::{Credentials, ProviderView, SettingsService};
 pub use wiring::LlmServices;

@@ -366,7 +366,11 @@ mod tests {
         let t = Transport {
             client: reqwest::Client::new(),
             policy: Default::default(),
-            breaker: std::sync::Arc::new(crate::breaker::CircuitBreaker::new(Default::default())),
+            breakers: gathering_resilience::Breakers::new(
+                Default::default(),
+                std::sync::Arc::new(gathering_domain::SystemClock),
+            ),
+            breaker_key: "test".into(),
             provider: "ollama".into(),
         };
         let m = OpenAiCompatible::new(Provider::Ollama, "http://h:11434/", None, t.clone());

@@ -2,10 +2,9 @@
 //! bounded tool calling. Implements the domain's [`AgentRunner`] port.
 
 use crate::anthropic::Anthropic;
-use crate::breaker::{BreakerSettings, CircuitBreaker};
 use crate::config::LlmConfig;
 use crate::error::LlmError;
-use crate::http::{RetryPolicy, Transport, build_client, build_guarded_client};
+use crate::http::{RetryPolicy, Transport, breaker_key, build_client, build_guarded_client};
 use crate::model::{ChatModel, ChatRequest, Message, ToolCall, ToolSchema};
 use crate::openai::OpenAiCompatible;
 use crate::settings::{Credentials, SettingsService, forbidden_literal, refused_message};
@@ -15,12 +14,11 @@ use gathering_domain::agents::{
     ChatRole, Memory, NewAgent, NewMessage, Provider, StoredMessage, Usage,
 };
 use gathering_domain::tools::{ToolContext, ToolInvoker};
-use gathering_domain::{FieldProblem, Page, PageRequest, RepoError};
+use gathering_domain::{FieldProblem, Page, PageRequest, RepoError, SystemClock};
+use gathering_resilience::{BreakerConfig, Breakers};
 use gathering_tools::net::AllowList;
-use parking_lot::Mutex;
 use serde::Serialize;
 use serde_json::{Value, json};
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
@@ -39,12 +37,33 @@ pub trait ToolCatalog: Send + Sync {
     fn tool_schemas(&self) -> Vec<ToolSchema>;
 }
 
-/// Makes a model client for an endpoint; the HTTP one in production, fakes in tests.
-pub trait ModelFactory: Send + Sync {
-    fn model(&self, credentials: &Credentials) -> Result<Arc<dyn ChatModel>, LlmError>;
+/// Which layer retries a provider call (exactly one does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retries {
+    /// The transport retries 429/408/5xx/connection failures (interactive chat, circles).
+    Transport,
+    /// One transport attempt: the caller retries (pipeline nodes with their `retry` policy,
+    /// scheduled `run_task` with the scheduler's action retry).
+    Caller,
 }
 
-/// Real providers over HTTP, one circuit breaker per provider endpoint (bounded).
+/// Makes a model client for an endpoint; the HTTP one in production, fakes in tests.
+pub trait ModelFactory: Send + Sync {
+    /// A model whose calls are retried as `retries` says.
+    fn model_with(
+        &self,
+        credentials: &Credentials,
+        retries: Retries,
+    ) -> Result<Arc<dyn ChatModel>, LlmError>;
+
+    /// A model for interactive calls (the transport retries).
+    fn model(&self, credentials: &Credentials) -> Result<Arc<dyn ChatModel>, LlmError> {
+        self.model_with(credentials, Retries::Transport)
+    }
+}
+
+/// Real providers over HTTP behind the shared circuit-breaker registry, keyed by provider,
+/// base URL and credential fingerprint (one user's failing key never pauses another's).
 ///
 /// The server's own endpoints are called with the plain client; a user's own `base_url` with
 /// the SSRF-guarded one (unless its host is allow-listed), see [`build_guarded_client`].
@@ -53,13 +72,20 @@ pub struct HttpModelFactory {
     guarded: reqwest::Client,
     allow: AllowList,
     policy: RetryPolicy,
-    breaker: BreakerSettings,
-    max_breakers: usize,
-    breakers: Mutex<HashMap<(Provider, String), Arc<CircuitBreaker>>>,
+    breakers: Arc<Breakers>,
 }
 
 impl HttpModelFactory {
+    /// With a registry of its own (default settings, system clock); the server passes the
+    /// process-wide one through [`HttpModelFactory::with_breakers`].
     pub fn new(config: &LlmConfig) -> Result<Self, LlmError> {
+        Self::with_breakers(
+            config,
+            Breakers::new(BreakerConfig::default(), Arc::new(SystemClock)),
+        )
+    }
+
+    pub fn with_breakers(config: &LlmConfig, breakers: Arc<Breakers>) -> Result<Self, LlmError> {
         let connect = Duration::from_secs(config.connect_timeout_secs.max(1));
         let read = Duration::from_secs(config.read_timeout_secs.max(1));
         Ok(Self::with_client(
@@ -72,11 +98,7 @@ impl HttpModelFactory {
                 max_wait: Duration::from_secs(config.max_retry_wait_secs),
                 request_timeout: config.request_timeout(),
             },
-            BreakerSettings {
-                failure_threshold: config.breaker_failures.max(1),
-                cooldown: Duration::from_secs(config.breaker_cooldown_secs),
-            },
-            config.max_breakers.max(4),
+            breakers,
         ))
     }
 
@@ -87,18 +109,20 @@ impl HttpModelFactory {
         guarded: reqwest::Client,
         allowed_hosts: &[String],
         policy: RetryPolicy,
-        breaker: BreakerSettings,
-        max_breakers: usize,
+        breakers: Arc<Breakers>,
     ) -> Self {
         Self {
             client,
             guarded,
             allow: AllowList::new(allowed_hosts),
             policy,
-            breaker,
-            max_breakers,
-            breakers: Mutex::new(HashMap::new()),
+            breakers,
         }
+    }
+
+    /// The shared breaker registry.
+    pub fn breakers(&self) -> &Arc<Breakers> {
+        &self.breakers
     }
 
     /// The client for these credentials; a user endpoint naming a forbidden address is
@@ -117,33 +141,23 @@ impl HttpModelFactory {
         }
         Ok(self.guarded.clone())
     }
-
-    /// The breaker of one provider endpoint. When the table is full, closed breakers are
-    /// dropped first (they hold no state worth keeping); it never grows past the bound.
-    pub fn breaker(&self, provider: Provider, base_url: &str) -> Arc<CircuitBreaker> {
-        let mut map = self.breakers.lock();
-        let key = (provider, base_url.to_owned());
-        if let Some(b) = map.get(&key) {
-            return b.clone();
-        }
-        if map.len() >= self.max_breakers {
-            map.retain(|_, b| b.is_open());
-            if map.len() >= self.max_breakers {
-                map.clear();
-            }
-        }
-        let b = Arc::new(CircuitBreaker::new(self.breaker));
-        map.insert(key, b.clone());
-        b
-    }
 }
 
 impl ModelFactory for HttpModelFactory {
-    fn model(&self, c: &Credentials) -> Result<Arc<dyn ChatModel>, LlmError> {
+    fn model_with(
+        &self,
+        c: &Credentials,
+        retries: Retries,
+    ) -> Result<Arc<dyn ChatModel>, LlmError> {
+        let mut policy = self.policy.clone();
+        if retries == Retries::Caller {
+            policy.max_attempts = 1;
+        }
         let transport = Transport {
             client: self.client_for(c)?,
-            policy: self.policy.clone(),
-            breaker: self.breaker(c.provider, &c.base_url),
+            policy,
+            breakers: Arc::clone(&self.breakers),
+            breaker_key: breaker_key(c.provider.as_str(), &c.base_url, c.api_key.as_deref()),
             provider: c.provider.as_str().to_owned(),
         };
         Ok(match c.provider {
@@ -447,18 +461,22 @@ impl AgentService {
         Ok(self.agents.list_memories(owner, agent_id, page).await?)
     }
 
-    async fn model_for(&self, agent: &Agent) -> Result<Arc<dyn ChatModel>, LlmError> {
+    async fn model_for(
+        &self,
+        agent: &Agent,
+        retries: Retries,
+    ) -> Result<Arc<dyn ChatModel>, LlmError> {
         let creds = self
             .settings
             .resolve(agent.owner_id, agent.provider)
             .await?;
-        self.models.model(&creds)
+        self.models.model_with(&creds, retries)
     }
 
     /// One answer of `agent` to `prompt` (persona as system, no session, no tools): what circle
     /// members use.
     pub async fn respond(&self, agent: &Agent, prompt: &str) -> Result<(String, Usage), LlmError> {
-        let model = self.model_for(agent).await?;
+        let model = self.model_for(agent, Retries::Transport).await?;
         let mut messages = Vec::new();
         if !agent.persona.trim().is_empty() {
             messages.push(Message::System(agent.persona.clone()));
@@ -539,13 +557,21 @@ impl AgentService {
         message: String,
         session_id: Option<Uuid>,
     ) -> Result<ChatOutcome, LlmError> {
-        self.chat_keyed(owner, agent_id, message, session_id, None)
-            .await
+        self.converse(
+            owner,
+            agent_id,
+            message,
+            session_id,
+            None,
+            Retries::Transport,
+        )
+        .await
     }
 
     /// [`Self::chat`] for callers that retry the same logical call (pipeline nodes, schedules):
     /// with `idempotency_key` and no session, the first call binds a session to the key; a
     /// retry after the answer was stored returns that answer without calling the provider.
+    /// The caller is the one layer that retries: each provider call is attempted once.
     pub async fn chat_keyed(
         &self,
         owner: Uuid,
@@ -554,6 +580,26 @@ impl AgentService {
         session_id: Option<Uuid>,
         idempotency_key: Option<&str>,
     ) -> Result<ChatOutcome, LlmError> {
+        self.converse(
+            owner,
+            agent_id,
+            message,
+            session_id,
+            idempotency_key,
+            Retries::Caller,
+        )
+        .await
+    }
+
+    async fn converse(
+        &self,
+        owner: Uuid,
+        agent_id: Uuid,
+        message: String,
+        session_id: Option<Uuid>,
+        idempotency_key: Option<&str>,
+        retries: Retries,
+    ) -> Result<ChatOutcome, LlmError> {
         if !text_len_ok(&message, 1, MAX_MESSAGE_CHARS) || message.trim().is_empty() {
             return Err(LlmError::validation(
                 "/message",
@@ -561,7 +607,7 @@ impl AgentService {
             ));
         }
         let agent = self.get(owner, agent_id).await?;
-        let model = self.model_for(&agent).await?;
+        let model = self.model_for(&agent, retries).await?;
         let (session, continuing) = match (session_id, idempotency_key) {
             (None, Some(key)) => {
                 let (sid, existed) = self.agents.open_keyed_session(owner, agent.id, key).await?;

@@ -6,9 +6,11 @@ use crate::crypto::SecretKey;
 use crate::error::LlmError;
 use crate::service::{AgentService, HttpModelFactory, ToolCatalog};
 use crate::settings::SettingsService;
+use gathering_domain::SystemClock;
 use gathering_domain::agents::{AgentRepository, CircleRepository, ProviderSettingsRepository};
 use gathering_domain::events::EventPublisher;
 use gathering_domain::tools::ToolInvoker;
+use gathering_resilience::{BreakerConfig, Breakers};
 use std::sync::Arc;
 
 pub struct LlmServices {
@@ -30,7 +32,24 @@ impl LlmServices {
     where
         R: AgentRepository + CircleRepository + ProviderSettingsRepository + 'static,
     {
-        let models = Arc::new(HttpModelFactory::new(&config)?);
+        let breakers = Breakers::new(BreakerConfig::default(), Arc::new(SystemClock));
+        Self::with_breakers(repo, key, config, events, tools, breakers)
+    }
+
+    /// [`LlmServices::new`] with the process-wide circuit-breaker registry (shared with the
+    /// pipeline executor and the scheduler).
+    pub fn with_breakers<R>(
+        repo: Arc<R>,
+        key: SecretKey,
+        config: LlmConfig,
+        events: Arc<dyn EventPublisher>,
+        tools: Option<(Arc<dyn ToolInvoker>, Arc<dyn ToolCatalog>)>,
+        breakers: Arc<Breakers>,
+    ) -> Result<Self, LlmError>
+    where
+        R: AgentRepository + CircleRepository + ProviderSettingsRepository + 'static,
+    {
+        let models = Arc::new(HttpModelFactory::with_breakers(&config, breakers)?);
         let rounds = config.circle_rounds;
         let settings = Arc::new(SettingsService::new(repo.clone(), key, config));
         let mut agents = AgentService::new(repo.clone(), settings.clone(), models);

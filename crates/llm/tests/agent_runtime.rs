@@ -1081,3 +1081,61 @@ async fn an_allow_listed_loopback_user_host_is_called() {
         .unwrap_err();
     assert_eq!(err.details()[0].field, "/base_url");
 }
+
+#[tokio::test]
+async fn interactive_chat_retries_in_the_transport_but_the_runner_port_makes_one_attempt() {
+    let srv = FakeProvider::script(vec![
+        Reply::json(503, json!({"error": {"message": "overloaded"}})).header("retry-after", "0"),
+    ])
+    .await
+    .unwrap();
+    let e = env(config_for(&srv.base_url), None).await;
+    let mut config = config_for(&srv.base_url);
+    config.max_attempts = 3;
+    let agents = AgentService::new(
+        Arc::new(e.store.clone()),
+        e.settings.clone(),
+        Arc::new(HttpModelFactory::new(&config).unwrap()),
+    );
+    let agent = agents
+        .create(e.owner, agent_input("ada", vec![]))
+        .await
+        .unwrap();
+    let err = tokio::time::timeout(T, agents.chat(e.owner, agent.id, "hi".into(), None))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(err, LlmError::Status { status: 503, .. }),
+        "{err:?}"
+    );
+    assert_eq!(srv.recorded().len(), 3, "chat: the transport retries");
+    let out = tokio::time::timeout(
+        T,
+        agents.run(AgentRequest {
+            owner_id: e.owner,
+            agent_id: agent.id,
+            prompt: "hi".into(),
+            session_id: None,
+            idempotency_key: Some("run:node".into()),
+        }),
+    )
+    .await
+    .unwrap()
+    .unwrap_err();
+    assert!(
+        matches!(
+            out,
+            gathering_domain::agents::AgentError::Provider {
+                retryable: true,
+                ..
+            }
+        ),
+        "{out:?}"
+    );
+    assert_eq!(
+        srv.recorded().len(),
+        4,
+        "the runner port: one attempt, its caller retries"
+    );
+}

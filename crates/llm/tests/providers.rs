@@ -2,14 +2,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use gathering_domain::agents::Provider;
-use gathering_llm::breaker::BreakerSettings;
 use gathering_llm::http::RetryPolicy;
 use gathering_llm::model::collect_stream;
 use gathering_llm::settings::Credentials;
-use gathering_llm::test_support::{FakeProvider, Reply};
+use gathering_llm::test_support::{FakeProvider, Recorded, Reply};
 use gathering_llm::{
-    ChatModel, ChatRequest, HttpModelFactory, LlmError, Message, ModelFactory, ToolSchema,
+    ChatModel, ChatRequest, HttpModelFactory, LlmError, Message, ModelFactory, Retries, ToolSchema,
 };
+use gathering_resilience::{BreakerConfig, Breakers};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,11 +35,14 @@ fn factory_with(
             max_wait: Duration::from_secs(5),
             request_timeout,
         },
-        BreakerSettings {
-            failure_threshold: breaker_failures,
-            cooldown: Duration::from_secs(60),
-        },
-        16,
+        Breakers::new(
+            BreakerConfig {
+                failures: breaker_failures,
+                cooldown: Duration::from_secs(60),
+                max_keys: 16,
+            },
+            Arc::new(gathering_domain::SystemClock),
+        ),
     )
 }
 
@@ -572,4 +575,123 @@ async fn anthropic_401_and_overloaded_then_success() {
     let m = model(&f, Provider::Anthropic, &srv.base_url, Some("k"));
     assert_eq!(chat(&m, &request()).await.unwrap().text, "recovered");
     assert_eq!(srv.recorded().len(), 2);
+}
+
+fn bearer(r: &Recorded) -> &str {
+    r.headers
+        .get("authorization")
+        .map(String::as_str)
+        .unwrap_or("")
+}
+
+#[tokio::test]
+async fn a_rate_limited_key_never_pauses_another_key_on_the_same_provider() {
+    let srv = FakeProvider::start(|r, _| {
+        if bearer(r) == "Bearer key-a" {
+            Reply::json(429, json!({"error": {"message": "Rate limit reached"}}))
+        } else {
+            Reply::json(200, oa_reply("b is fine"))
+        }
+    })
+    .await
+    .unwrap();
+    let f = factory_with(1, 2, Duration::from_secs(10));
+    let a = model(&f, Provider::OpenAi, &srv.base_url, Some("key-a"));
+    let b = model(&f, Provider::OpenAi, &srv.base_url, Some("key-b"));
+    for _ in 0..2 {
+        let err = chat(&a, &request()).await.unwrap_err();
+        assert!(matches!(err, LlmError::RateLimited { .. }), "{err:?}");
+    }
+    let err = chat(&a, &request()).await.unwrap_err();
+    assert!(
+        matches!(err, LlmError::CircuitOpen { .. }),
+        "the 429s count against key A's own breaker: {err:?}"
+    );
+    assert_eq!(srv.recorded().len(), 2);
+    for _ in 0..3 {
+        assert_eq!(chat(&b, &request()).await.unwrap().text, "b is fine");
+    }
+    assert_eq!(srv.recorded().len(), 5, "key B's calls all went out");
+}
+
+#[tokio::test]
+async fn a_rejected_key_never_opens_a_circuit() {
+    let srv = FakeProvider::start(|r, _| {
+        if bearer(r) == "Bearer revoked" {
+            Reply::json(
+                401,
+                json!({"error": {"message": "Incorrect API key provided"}}),
+            )
+        } else {
+            Reply::json(200, oa_reply("fine"))
+        }
+    })
+    .await
+    .unwrap();
+    let f = factory_with(1, 2, Duration::from_secs(10));
+    let a = model(&f, Provider::OpenAi, &srv.base_url, Some("revoked"));
+    for _ in 0..6 {
+        let err = chat(&a, &request()).await.unwrap_err();
+        assert!(matches!(err, LlmError::Unauthorized { .. }), "{err:?}");
+    }
+    assert_eq!(srv.recorded().len(), 6, "every call reached the provider");
+    assert_eq!(f.breakers().tracked(), 0);
+    let b = model(&f, Provider::OpenAi, &srv.base_url, Some("good"));
+    assert_eq!(chat(&b, &request()).await.unwrap().text, "fine");
+}
+
+#[tokio::test]
+async fn a_callers_own_deadline_never_counts_against_the_provider() {
+    let srv = FakeProvider::start(|_, n| {
+        if n < 4 {
+            Reply::json(200, oa_reply("too late")).after(Duration::from_secs(30))
+        } else {
+            Reply::json(200, oa_reply("in time"))
+        }
+    })
+    .await
+    .unwrap();
+    let f = factory_with(1, 2, Duration::from_secs(60));
+    let m = model(&f, Provider::OpenAi, &srv.base_url, Some("k"));
+    for n in 1..=4 {
+        // The caller (e.g. a node with a tiny `timeout_ms`) gives up first.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), m.chat(&request()))
+                .await
+                .is_err()
+        );
+        let deadline = Instant::now() + T;
+        while srv.recorded().len() < n && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    assert_eq!(f.breakers().tracked(), 0);
+    assert_eq!(chat(&m, &request()).await.unwrap().text, "in time");
+}
+
+#[tokio::test]
+async fn a_transport_for_a_retrying_caller_makes_one_attempt() {
+    let srv = FakeProvider::script(vec![
+        Reply::json(503, json!({"error": {"message": "down"}})),
+        Reply::json(200, oa_reply("second")),
+    ])
+    .await
+    .unwrap();
+    let f = factory();
+    let creds = Credentials {
+        provider: Provider::OpenAi,
+        base_url: srv.base_url.clone(),
+        api_key: Some("k".into()),
+        user_base_url: false,
+    };
+    let once = f.model_with(&creds, Retries::Caller).unwrap();
+    let err = chat(&once, &request()).await.unwrap_err();
+    assert!(
+        matches!(err, LlmError::Status { status: 503, .. }),
+        "{err:?}"
+    );
+    assert!(err.retryable(), "the caller is told to retry");
+    assert_eq!(srv.recorded().len(), 1);
+    let interactive = f.model(&creds).unwrap();
+    assert_eq!(chat(&interactive, &request()).await.unwrap().text, "second");
 }

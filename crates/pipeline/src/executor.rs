@@ -4,7 +4,11 @@
 //! PostgreSQL) under a lease it keeps alive with heartbeats. For each claimed run a driver walks
 //! the DAG: nodes whose predecessors all finished become ready; a ready node reachable only
 //! through untaken edges is `skipped`; the others run concurrently (bounded per instance by a
-//! semaphore), with retry/backoff and the circuit breaker of their target. Every state change is
+//! semaphore), with retry/backoff (the node's `retry` policy is the only layer that retries an
+//! agent or tool node: the agent runner makes a single provider attempt) and the circuit breaker
+//! of the remote endpoint a network tool calls (`gathering_resilience::keys::tool`; pure built-in
+//! tools and agents have none here — an agent's provider breaker sits in the LLM transport, so a
+//! node passes through exactly one breaker). Every state change is
 //! persisted through `RunRepository::apply` — the completion of a node and the start of the
 //! nodes it unblocks go out in ONE round trip — and published as an event to the run's owner.
 //!
@@ -13,7 +17,6 @@
 //! nodes are not run again (their outputs are read back); a node that was mid-flight runs again
 //! with the same idempotency key (`run_id:node_id`).
 
-use crate::breaker::{BreakerConfig, Breakers};
 use crate::condition;
 use crate::limits::{Limits, depth_within, json_size_within};
 use crate::pool::CelPool;
@@ -32,6 +35,7 @@ use gathering_domain::pipeline::{
 };
 use gathering_domain::tools::{ToolContext, ToolError, ToolInvoker};
 use gathering_domain::{Clock, ErrorCode, RepoError};
+use gathering_resilience::{BreakerConfig, Breakers, Outcome, keys};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -68,6 +72,9 @@ pub struct ExecutorConfig {
     pub breaker_failures: u32,
     pub breaker_cooldown: Duration,
     pub max_breaker_targets: usize,
+    /// The process-wide breaker registry (shared with the LLM transport and the scheduler);
+    /// `None`: the executor builds its own from the three settings above.
+    pub breakers: Option<Arc<Breakers>>,
     /// Graceful stop: how long in-flight nodes may finish before their runs are released.
     pub drain_timeout: Duration,
     /// Timeout of a node attempt without its own `timeout_ms`.
@@ -92,6 +99,7 @@ impl Default for ExecutorConfig {
             breaker_failures: 5,
             breaker_cooldown: Duration::from_secs(30),
             max_breaker_targets: 1024,
+            breakers: None,
             drain_timeout: Duration::from_secs(20),
             default_node_timeout: Duration::from_secs(300),
             limits: Limits::default(),
@@ -173,14 +181,16 @@ impl Executor {
         cfg: ExecutorConfig,
         sleeper: Arc<dyn Sleeper>,
     ) -> Self {
-        let breakers = Breakers::new(
-            BreakerConfig {
-                failures: cfg.breaker_failures.max(1),
-                cooldown: cfg.breaker_cooldown,
-                max_targets: cfg.max_breaker_targets,
-            },
-            Arc::clone(&deps.clock),
-        );
+        let breakers = cfg.breakers.clone().unwrap_or_else(|| {
+            Breakers::new(
+                BreakerConfig {
+                    failures: cfg.breaker_failures.max(1),
+                    cooldown: cfg.breaker_cooldown,
+                    max_keys: cfg.max_breaker_targets,
+                },
+                Arc::clone(&deps.clock),
+            )
+        });
         Self {
             inner: Arc::new(Inner {
                 node_slots: Arc::new(Semaphore::new(cfg.max_concurrent_nodes.max(1))),
@@ -1171,23 +1181,13 @@ struct NodeExec {
     started_at: DateTime<Utc>,
 }
 
-/// The breaker target of a call: tool name (+ host for `http_request`), or the agent.
-fn target_of(call: &NodeCall) -> String {
+/// The breaker of a call: the remote endpoint of a network tool; none for pure built-in tools
+/// (their failures are the caller's) and none for agents (the provider's breaker, keyed by
+/// endpoint and credential, is in the LLM transport).
+fn target_of(call: &NodeCall) -> Option<String> {
     match call {
-        NodeCall::Tool { name, params } if name == "http_request" => {
-            let host = params
-                .get("url")
-                .and_then(Value::as_str)
-                .and_then(|u| url::Url::parse(u).ok())
-                .and_then(|u| {
-                    u.host_str()
-                        .map(|h| format!("{h}:{}", u.port_or_known_default().unwrap_or(0)))
-                })
-                .unwrap_or_default();
-            format!("tool:http_request:{host}")
-        }
-        NodeCall::Tool { name, .. } => format!("tool:{name}"),
-        NodeCall::Agent { agent_id, .. } => format!("agent:{agent_id}"),
+        NodeCall::Tool { name, params } => keys::tool(name, params),
+        NodeCall::Agent { .. } => None,
     }
 }
 
@@ -1219,7 +1219,7 @@ impl NodeExec {
         loop {
             // The driver persisted the first attempt of this execution; `record` the others.
             attempts += 1;
-            let (result, retryable) = self.attempt(&call, &target).await;
+            let (result, retryable) = self.attempt(&call, target.as_deref()).await;
             match result {
                 Ok(v) => {
                     return NodeOutcome {
@@ -1278,16 +1278,21 @@ impl NodeExec {
     }
 
     /// One attempt; answers the result and whether a failure may be retried.
-    async fn attempt(&self, call: &NodeCall, target: &str) -> (Result<Value, NodeFailure>, bool) {
+    async fn attempt(
+        &self,
+        call: &NodeCall,
+        target: Option<&str>,
+    ) -> (Result<Value, NodeFailure>, bool) {
         let Ok(_slot) = self.inner.node_slots.acquire().await else {
             return (
                 Err(NodeFailure::new("internal", "executor is shutting down")),
                 false,
             );
         };
-        let permit = match self.inner.breakers.acquire(target) {
-            Ok(p) => p,
-            Err(open) => {
+        let permit = match target.map(|t| (t, self.inner.breakers.acquire(t))) {
+            None => None,
+            Some((_, Ok(p))) => Some(p),
+            Some((target, Err(open))) => {
                 return (
                     Err(NodeFailure::new(
                         "circuit_open",
@@ -1301,6 +1306,8 @@ impl NodeExec {
             }
         };
         let key = format!("{}:{}", self.run_id, self.node_id);
+        // The tool's own outcome for its endpoint's breaker, set when the tool answers.
+        let outcome: Arc<Mutex<Outcome>> = Arc::new(Mutex::new(Outcome::Neutral));
         let fut: BoxFuture<'_, Result<Value, (NodeFailure, bool)>> = match call {
             NodeCall::Tool { name, params } => {
                 let ctx = ToolContext {
@@ -1312,29 +1319,30 @@ impl NodeExec {
                 let tools = Arc::clone(&self.inner.deps.tools);
                 let name = name.clone();
                 let params = params.clone();
+                let caller_timeout = keys::caller_set_timeout(&params);
+                let outcome = Arc::clone(&outcome);
                 Box::pin(async move {
-                    tools
-                        .invoke(&ctx, &name, params)
-                        .await
-                        .map_err(|e: ToolError| {
-                            let retryable = e.retryable();
-                            let msg = match &e {
-                                ToolError::InvalidParams(d) => format!(
-                                    "invalid tool parameters: {}",
-                                    d.iter()
-                                        .map(|p| format!("{} {}", p.field, p.problem))
-                                        .collect::<Vec<_>>()
-                                        .join("; ")
-                                ),
-                                other => other.to_string(),
-                            };
-                            (NodeFailure::new(e.code(), msg), retryable)
-                        })
+                    let result = tools.invoke(&ctx, &name, params).await;
+                    *outcome.lock() =
+                        keys::tool_outcome(caller_timeout, result.as_ref().map(|_| ()));
+                    result.map_err(|e: ToolError| {
+                        let retryable = e.retryable();
+                        let msg = match &e {
+                            ToolError::InvalidParams(d) => format!(
+                                "invalid tool parameters: {}",
+                                d.iter()
+                                    .map(|p| format!("{} {}", p.field, p.problem))
+                                    .collect::<Vec<_>>()
+                                    .join("; ")
+                            ),
+                            other => other.to_string(),
+                        };
+                        (NodeFailure::new(e.code(), msg), retryable)
+                    })
                 })
             }
             NodeCall::Agent { agent_id, prompt } => {
                 let Some(agents) = self.inner.deps.agents.clone() else {
-                    permit.record(true);
                     return (
                         Err(NodeFailure::new(
                             "agent_unavailable",
@@ -1366,29 +1374,28 @@ impl NodeExec {
                 })
             }
         };
-        match tokio::time::timeout(self.timeout, fut).await {
-            Ok(Ok(v)) => {
-                permit.record(true);
-                (Ok(v), false)
-            }
-            Ok(Err((f, retryable))) => {
-                // Only failures that say the target is unhealthy count against its circuit.
-                permit.record(!retryable);
-                (Err(f), retryable)
-            }
-            Err(_) => {
-                permit.record(false);
-                (
-                    Err(NodeFailure::new(
-                        "timed_out",
-                        format!(
-                            "the node exceeded its timeout of {} ms",
-                            self.timeout.as_millis()
-                        ),
-                    )),
-                    true,
-                )
-            }
+        let result = tokio::time::timeout(self.timeout, fut).await;
+        // Only what the tool said about its endpoint counts; the node's own timeout budget is
+        // the caller's choice and never counts (the permit is given back as neutral).
+        if let Some(p) = permit {
+            p.record(match result {
+                Ok(_) => *outcome.lock(),
+                Err(_) => Outcome::Neutral,
+            });
+        }
+        match result {
+            Ok(Ok(v)) => (Ok(v), false),
+            Ok(Err((f, retryable))) => (Err(f), retryable),
+            Err(_) => (
+                Err(NodeFailure::new(
+                    "timed_out",
+                    format!(
+                        "the node exceeded its timeout of {} ms",
+                        self.timeout.as_millis()
+                    ),
+                )),
+                true,
+            ),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The pipeline engine: definition validation (petgraph), templates and CEL conditions, the
 //! durable executor (claims runs under a lease, runs ready nodes concurrently, retries with
-//! backoff, per-target circuit breakers, timeouts, cancellation, durable delay timers) and the
+//! backoff, the shared endpoint circuit breakers of `gathering-resilience`, timeouts,
+//! cancellation, durable delay timers) and the
 //! [`service::PipelineService`] used by the HTTP layer and the scheduler.
 
 pub mod condition;
@@ -9,7 +10,8 @@ pub mod template;
 pub mod validate;
 
 pub use error::PipelineError;
-pub mod breaker;
+/// The breaker registry now lives in `gathering-resilience` (one for the whole process).
+pub use gathering_resilience as breaker;
 pub mod executor;
 pub mod limits;
 pub mod memory;

@@ -1,39 +1,25 @@
-//! Retry backoff (exponential with jitter, capped) and the injectable sleeper.
+//! A node's retry backoff: its `retry` policy mapped onto the one backoff policy of
+//! `gathering-resilience` (exponential with equal jitter, capped), and the injectable sleeper.
 
-use async_trait::async_trait;
 use gathering_domain::pipeline::RetryPolicy;
-use rand::Rng;
+pub use gathering_resilience::{Backoff, Sleeper, TokioSleeper};
 use std::time::Duration;
+
+/// The backoff of a node's retry policy.
+pub fn policy_backoff(policy: &RetryPolicy) -> Backoff {
+    Backoff {
+        initial: Duration::from_millis(policy.initial_backoff_ms),
+        multiplier: policy.multiplier,
+        max: Duration::from_millis(policy.max_backoff_ms),
+        jitter: true,
+        ..Backoff::default()
+    }
+}
 
 /// The wait before attempt `failed_attempts + 1`: `initial * multiplier^(failed_attempts-1)`,
 /// capped at `max_backoff_ms`, with "equal jitter" (uniform in [d/2, d]).
 pub fn backoff(policy: &RetryPolicy, failed_attempts: u32) -> Duration {
-    let exp = failed_attempts.saturating_sub(1).min(64) as i32;
-    let raw = policy.initial_backoff_ms as f64 * policy.multiplier.max(1.0).powi(exp);
-    let capped = raw.min(policy.max_backoff_ms as f64).max(0.0) as u64;
-    let half = capped / 2;
-    let jitter = if capped > half {
-        rand::rng().random_range(0..=capped - half)
-    } else {
-        0
-    };
-    Duration::from_millis(half + jitter)
-}
-
-/// Waits between retries; tests inject one that moves a manual clock instead of sleeping.
-#[async_trait]
-pub trait Sleeper: Send + Sync {
-    async fn sleep(&self, d: Duration);
-}
-
-#[derive(Debug, Default, Clone, Copy)]
-pub struct TokioSleeper;
-
-#[async_trait]
-impl Sleeper for TokioSleeper {
-    async fn sleep(&self, d: Duration) {
-        tokio::time::sleep(d).await;
-    }
+    policy_backoff(policy).delay(failed_attempts)
 }
 
 #[cfg(test)]

@@ -147,6 +147,16 @@ impl PipelineSettings {
         CelPool::new(self.cel_threads)
     }
 
+    /// The settings of the process-wide breaker registry (`gathering_resilience::Breakers`),
+    /// shared by the pipeline executor, the LLM transport and the scheduler.
+    pub fn breaker_config(&self) -> gathering_resilience::BreakerConfig {
+        gathering_resilience::BreakerConfig {
+            failures: self.breaker_failures.max(1),
+            cooldown: Duration::from_secs(self.breaker_cooldown_secs),
+            ..Default::default()
+        }
+    }
+
     /// The executor configuration; `drain_timeout` is the server's shutdown timeout.
     pub fn executor_config(&self, drain_timeout: Duration) -> ExecutorConfig {
         let lease = self.lease_secs.max(1);

@@ -86,7 +86,14 @@ impl ToolInvoker for FakeTools {
                 retryable: false,
                 status: Some(404),
             }),
-            "fail5xx" => Err(ToolError::Failed {
+            "http_request" if params["url"].as_str().is_some_and(|u| u.ends_with("/slow")) => {
+                std::future::pending::<()>().await;
+                Ok(params)
+            }
+            "http_request" if params["url"].as_str().is_some_and(|u| u.ends_with("/ok")) => {
+                Ok(params)
+            }
+            "fail5xx" | "http_request" => Err(ToolError::Failed {
                 message: "500 boom".into(),
                 retryable: true,
                 status: Some(500),
@@ -478,19 +485,27 @@ async fn non_retryable_failures_are_not_retried() {
 #[tokio::test]
 async fn breaker_opens_after_consecutive_failures_and_later_runs_fail_fast() {
     let h = harness_with(true, cfg(), None);
-    let mut node = action("f", "fail5xx", json!({}));
+    let mut node = action(
+        "f",
+        "http_request",
+        json!({"url": "https://down.example/x"}),
+    );
     node["retry"] = json!({"max_attempts": 3, "initial_backoff_ms": 1});
     let def = json!({"nodes": [node], "edges": []});
     let first = h.start(def.clone(), json!({})).await;
     h.idle().await;
-    assert_eq!(h.tools.count("fail5xx"), 3);
+    assert_eq!(h.tools.count("http_request"), 3);
     assert_eq!(h.node(first, "f").await.error.unwrap().code, "tool_failed");
     let second = h.start(def.clone(), json!({})).await;
     h.idle().await;
     let f = h.node(second, "f").await;
     assert_eq!(f.error.unwrap().code, "circuit_open");
     assert_eq!(f.attempts, 1);
-    assert_eq!(h.tools.count("fail5xx"), 3, "an open circuit makes no call");
+    assert_eq!(
+        h.tools.count("http_request"),
+        3,
+        "an open circuit makes no call"
+    );
     // After the cooldown a half-open probe goes through (and fails again here).
     h.manual
         .as_ref()
@@ -498,13 +513,113 @@ async fn breaker_opens_after_consecutive_failures_and_later_runs_fail_fast() {
         .advance(chrono::Duration::seconds(31));
     let third = h.start(def, json!({})).await;
     h.idle().await;
-    assert_eq!(h.tools.count("fail5xx"), 4, "exactly one probe call");
+    assert_eq!(h.tools.count("http_request"), 4, "exactly one probe call");
     let f = h.node(third, "f").await;
     assert_eq!(
         f.error.unwrap().code,
         "circuit_open",
         "the failed probe reopened the circuit"
     );
+}
+
+/// Always fails with a retryable provider error; counts its calls.
+#[derive(Default)]
+struct FailingAgent(AtomicU32);
+#[async_trait]
+impl AgentRunner for FailingAgent {
+    async fn run(&self, _req: AgentRequest) -> Result<AgentOutput, AgentError> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Err(AgentError::Provider {
+            retryable: true,
+            message: "openai answered HTTP 503".into(),
+        })
+    }
+}
+
+fn shared_breakers(clock: Arc<dyn Clock>) -> Arc<gathering_resilience::Breakers> {
+    gathering_resilience::Breakers::new(
+        gathering_resilience::BreakerConfig {
+            failures: 3,
+            ..Default::default()
+        },
+        clock,
+    )
+}
+
+#[tokio::test]
+async fn a_node_timeout_shorter_than_the_tool_never_opens_the_endpoint_circuit() {
+    let breakers = shared_breakers(Arc::new(SystemClock));
+    let h = harness_with(
+        false,
+        ExecutorConfig {
+            breakers: Some(breakers.clone()),
+            ..cfg()
+        },
+        None,
+    );
+    // User A: a 1 ms budget on a call to a slow endpoint, failing over and over.
+    let mut slow = action(
+        "a",
+        "http_request",
+        json!({"url": "https://api.example/slow"}),
+    );
+    slow["timeout_ms"] = json!(1);
+    for _ in 0..6 {
+        let run = h
+            .start(json!({"nodes": [slow.clone()], "edges": []}), json!({}))
+            .await;
+        h.idle().await;
+        assert_eq!(h.node(run, "a").await.error.unwrap().code, "timed_out");
+    }
+    assert_eq!(
+        breakers.tracked(),
+        0,
+        "the caller's own budget never counts"
+    );
+    // User B: the same endpoint still answers.
+    let ok = action(
+        "b",
+        "http_request",
+        json!({"url": "https://api.example/ok"}),
+    );
+    let run = h
+        .start(json!({"nodes": [ok], "edges": []}), json!({}))
+        .await;
+    h.idle().await;
+    assert_eq!(h.detail(run).await.run.status, RunStatus::Succeeded);
+}
+
+#[tokio::test]
+async fn pure_builtin_tools_and_agents_have_no_breaker_in_the_executor() {
+    let breakers = shared_breakers(Arc::new(SystemClock));
+    let agent = Arc::new(FailingAgent::default());
+    let h = harness_with(
+        false,
+        ExecutorConfig {
+            breakers: Some(breakers.clone()),
+            ..cfg()
+        },
+        Some(agent.clone()),
+    );
+    let tool = json!({"nodes": [action("f", "fail5xx", json!({}))], "edges": []});
+    let agent_def = json!({"nodes": [
+        {"id": "ag", "type": "agent", "config": {"agent_id": Uuid::now_v7().to_string(), "prompt": "hi"}}
+    ], "edges": []});
+    for _ in 0..5 {
+        let run = h.start(tool.clone(), json!({})).await;
+        h.idle().await;
+        assert_eq!(h.node(run, "f").await.error.unwrap().code, "tool_failed");
+        let run = h.start(agent_def.clone(), json!({})).await;
+        h.idle().await;
+        assert_eq!(h.node(run, "ag").await.error.unwrap().code, "agent_failed");
+    }
+    assert_eq!(h.tools.count("fail5xx"), 5, "never refused by a circuit");
+    assert_eq!(
+        agent.0.load(Ordering::SeqCst),
+        5,
+        "never refused by a circuit"
+    );
+    assert_eq!(breakers.tracked(), 0);
 }
 
 #[tokio::test]

@@ -1,15 +1,21 @@
 //! Actions: the shape of each `action_config`, and how each action really runs.
 //!
-//! - `call_api` → the `http_request` tool (its SSRF guard and timeouts), retried on retryable
-//!   failures with bounded attempts and exponential backoff.
+//! - `call_api` → the `http_request` tool (its SSRF guard and timeouts), behind the shared
+//!   circuit breaker of the remote endpoint, retried on retryable failures with bounded
+//!   attempts and the shared backoff policy (`gathering_resilience::Backoff`).
 //! - `send_notification` → the `send_notification` tool (stored, event, webhook).
-//! - `run_task` → the [`AgentRunner`]; without one the execution fails clearly.
+//! - `run_task` → the [`AgentRunner`] (one provider attempt per call), retried here on
+//!   retryable provider failures with the same policy; without a runner it fails clearly.
+//!
+//! The scheduler is the one layer that retries a scheduled action: the tool never retries and
+//! the agent runner's transport makes a single attempt.
 //! - `execute_pipeline` → the [`PipelineLauncher`]; the execution records the run id.
 
 use gathering_domain::FieldProblem;
 use gathering_domain::agents::{AgentRequest, AgentRunner};
 use gathering_domain::scheduler::{ActionType, Execution, PipelineLauncher, Schedule};
 use gathering_domain::tools::{ToolContext, ToolInvoker};
+use gathering_resilience::{Backoff, Breakers, Retry, keys};
 use gathering_tools::net::{AllowList, ip_is_forbidden};
 use serde_json::{Map, Value, json};
 use std::net::IpAddr;
@@ -262,7 +268,8 @@ pub fn check_call_api_target(config: &Value, allow: &AllowList) -> Option<FieldP
     None
 }
 
-/// Retries of `call_api` on retryable tool failures (connection errors, timeouts, 429, 5xx).
+/// Retries of `call_api` on retryable tool failures (connection errors, timeouts, 429, 5xx)
+/// and of `run_task` on retryable provider failures.
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
     /// Attempts when the schedule does not set `max_attempts`.
@@ -282,12 +289,20 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// Wait before attempt `n + 1` after `n` failed attempts (n ≥ 1): base · 2^(n-1), capped.
+    /// The shared backoff policy with these bounds: base · 2^(n-1), capped, equal jitter.
+    pub fn policy(&self) -> Backoff {
+        Backoff {
+            initial: self.base_backoff,
+            multiplier: 2.0,
+            max: self.max_backoff,
+            jitter: true,
+            ..Backoff::default()
+        }
+    }
+
+    /// Wait before attempt `n + 1` after `n` failed attempts (n ≥ 1).
     pub fn backoff(&self, failed_attempts: u32) -> Duration {
-        let exp = failed_attempts.saturating_sub(1).min(20);
-        self.base_backoff
-            .saturating_mul(1u32 << exp)
-            .min(self.max_backoff)
+        self.policy().delay(failed_attempts)
     }
 }
 
@@ -298,6 +313,8 @@ pub struct ActionPorts {
     pub agents: Option<Arc<dyn AgentRunner>>,
     pub pipelines: Option<Arc<dyn PipelineLauncher>>,
     pub retry: RetryPolicy,
+    /// The process-wide circuit-breaker registry (`call_api` endpoints).
+    pub breakers: Arc<Breakers>,
 }
 
 /// What a successful action produced.
@@ -363,16 +380,36 @@ impl ActionPorts {
                     .ok_or_else(|| "action_config.agent_id is required".to_owned())?;
                 let prompt = str_of(config, "prompt")
                     .ok_or_else(|| "action_config.prompt is required".to_owned())?;
-                let out = runner
-                    .run(AgentRequest {
-                        owner_id: schedule.owner_id,
-                        agent_id,
-                        prompt,
-                        session_id: uuid_of(config, "session_id")?,
-                        idempotency_key: Some(key),
-                    })
-                    .await
-                    .map_err(|e| format!("run_task failed: {e}"))?;
+                let request = AgentRequest {
+                    owner_id: schedule.owner_id,
+                    agent_id,
+                    prompt,
+                    session_id: uuid_of(config, "session_id")?,
+                    idempotency_key: Some(key),
+                };
+                // The runner's transport makes one attempt; this is the layer that retries (the
+                // idempotency key makes a retry after a stored answer return that answer).
+                let attempts = self.retry.default_attempts.max(1);
+                let mut attempt = 1u32;
+                let out = loop {
+                    match runner.run(request.clone()).await {
+                        Ok(out) => break out,
+                        Err(e) => {
+                            match self
+                                .retry
+                                .policy()
+                                .decide(attempt, attempts, e.retryable(), None)
+                            {
+                                Retry::After(wait) => {
+                                    tracing::info!(attempt, error = %e, "run_task failed; retrying");
+                                    tokio::time::sleep(wait).await;
+                                    attempt += 1;
+                                }
+                                Retry::GiveUp => return Err(format!("run_task failed: {e}")),
+                            }
+                        }
+                    }
+                };
                 Ok(ActionOutcome {
                     result: json!({
                         "text": out.text,
@@ -420,23 +457,48 @@ impl ActionPorts {
             .and_then(Value::as_u64)
             .map(|n| n.clamp(1, MAX_ATTEMPTS_LIMIT) as u32)
             .unwrap_or(self.retry.default_attempts.max(1));
+        let target = keys::tool("http_request", &params);
         let mut attempt = 1u32;
         loop {
-            match self.tools.invoke(ctx, "http_request", params.clone()).await {
+            let permit = match target.as_deref().map(|t| (t, self.breakers.acquire(t))) {
+                None => None,
+                Some((_, Ok(p))) => Some(p),
+                Some((t, Err(open))) => {
+                    return Err(format!(
+                        "call_api failed after {attempt} attempt(s): circuit for {t} is open \
+                         after repeated failures; retry in {} s",
+                        open.retry_after.as_secs().max(1)
+                    ));
+                }
+            };
+            let result = self.tools.invoke(ctx, "http_request", params.clone()).await;
+            if let Some(p) = permit {
+                p.record(keys::tool_outcome(
+                    keys::caller_set_timeout(&params),
+                    result.as_ref().map(|_| ()),
+                ));
+            }
+            match result {
                 Ok(result) => {
                     return Ok(ActionOutcome {
                         result: json!({ "response": result, "attempts": attempt }),
                         run_id: None,
                     });
                 }
-                Err(e) if e.retryable() && attempt < attempts => {
-                    tracing::info!(attempt, error = %e, "call_api failed; retrying");
-                    tokio::time::sleep(self.retry.backoff(attempt)).await;
-                    attempt += 1;
-                }
-                Err(e) => {
-                    return Err(format!("call_api failed after {attempt} attempt(s): {e}"));
-                }
+                Err(e) => match self
+                    .retry
+                    .policy()
+                    .decide(attempt, attempts, e.retryable(), None)
+                {
+                    Retry::After(wait) => {
+                        tracing::info!(attempt, error = %e, "call_api failed; retrying");
+                        tokio::time::sleep(wait).await;
+                        attempt += 1;
+                    }
+                    Retry::GiveUp => {
+                        return Err(format!("call_api failed after {attempt} attempt(s): {e}"));
+                    }
+                },
             }
         }
     }
@@ -496,6 +558,13 @@ mod tests {
                 base_backoff: Duration::from_millis(1),
                 max_backoff: Duration::from_millis(4),
             },
+            breakers: Breakers::new(
+                gathering_resilience::BreakerConfig {
+                    failures: 3,
+                    ..Default::default()
+                },
+                Arc::new(gathering_domain::SystemClock),
+            ),
         }
     }
 
@@ -732,10 +801,92 @@ mod tests {
     }
 
     #[test]
-    fn backoff_doubles_and_is_capped() {
+    fn backoff_doubles_with_jitter_and_is_capped() {
         let r = RetryPolicy::default();
-        assert_eq!(r.backoff(1), Duration::from_millis(500));
-        assert_eq!(r.backoff(2), Duration::from_secs(1));
-        assert_eq!(r.backoff(30), Duration::from_secs(30));
+        for _ in 0..50 {
+            let within = |d: Duration, full: Duration| d >= full / 2 && d <= full;
+            assert!(within(r.backoff(1), Duration::from_millis(500)));
+            assert!(within(r.backoff(2), Duration::from_secs(1)));
+            assert!(within(r.backoff(30), Duration::from_secs(30)));
+        }
+    }
+
+    #[tokio::test]
+    async fn call_api_fails_fast_once_the_endpoint_circuit_is_open_and_only_there() {
+        let t = tools((0..3).map(|_| retryable()).collect());
+        let p = ports(t.clone());
+        let (s, e) = sched(
+            ActionType::CallApi,
+            json!({"url": "http://down.example/x", "max_attempts": 3}),
+        );
+        assert!(p.perform(&s, &e).await.is_err());
+        assert_eq!(t.calls.lock().unwrap().len(), 3);
+        let err = p.perform(&s, &e).await.unwrap_err();
+        assert!(
+            err.contains("circuit for net:down.example:80 is open"),
+            "{err}"
+        );
+        assert_eq!(t.calls.lock().unwrap().len(), 3, "no call while open");
+        let (s, e) = sched(ActionType::CallApi, json!({"url": "http://up.example/x"}));
+        assert!(
+            p.perform(&s, &e).await.is_ok(),
+            "another endpoint is unaffected"
+        );
+    }
+
+    #[tokio::test]
+    async fn call_api_with_its_own_short_timeout_never_opens_the_circuit() {
+        let t = tools((0..9).map(|_| ToolError::Timeout(1)).collect());
+        let p = ports(t.clone());
+        let (s, e) = sched(
+            ActionType::CallApi,
+            json!({"url": "http://slow.example/x", "timeout_ms": 1}),
+        );
+        for _ in 0..3 {
+            assert!(p.perform(&s, &e).await.is_err());
+        }
+        assert_eq!(t.calls.lock().unwrap().len(), 9, "every attempt was made");
+        assert_eq!(p.breakers.tracked(), 0);
+    }
+
+    /// Fails with a retryable provider error `fail` times, then answers.
+    struct FlakyAgent(std::sync::atomic::AtomicU32, u32);
+    #[async_trait]
+    impl AgentRunner for FlakyAgent {
+        async fn run(
+            &self,
+            _req: AgentRequest,
+        ) -> Result<gathering_domain::agents::AgentOutput, gathering_domain::agents::AgentError>
+        {
+            let n = self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if n < self.1 {
+                return Err(gathering_domain::agents::AgentError::Provider {
+                    retryable: true,
+                    message: "openai answered HTTP 503".into(),
+                });
+            }
+            Ok(gathering_domain::agents::AgentOutput {
+                text: "done".into(),
+                usage: Default::default(),
+                session_id: None,
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn run_task_is_retried_by_the_scheduler_with_bounded_attempts() {
+        let (s, e) = sched(
+            ActionType::RunTask,
+            json!({"agent_id": Uuid::now_v7(), "prompt": "hi"}),
+        );
+        let mut p = ports(tools(vec![]));
+        let agent = Arc::new(FlakyAgent(Default::default(), 2));
+        p.agents = Some(agent.clone());
+        assert_eq!(p.perform(&s, &e).await.unwrap().result["text"], "done");
+        assert_eq!(agent.0.load(std::sync::atomic::Ordering::SeqCst), 3);
+        let agent = Arc::new(FlakyAgent(Default::default(), 10));
+        p.agents = Some(agent.clone());
+        assert!(p.perform(&s, &e).await.is_err());
+        assert_eq!(agent.0.load(std::sync::atomic::Ordering::SeqCst), 3);
     }
 }

@@ -48,6 +48,8 @@ pub struct SchedulerConfig {
     /// How long a graceful stop waits for running actions.
     pub shutdown_timeout: Duration,
     pub retry: RetryPolicy,
+    /// The process-wide circuit-breaker registry; `None`: one of this scheduler's own.
+    pub breakers: Option<Arc<gathering_resilience::Breakers>>,
 }
 
 /// The configurable values come from [`SchedulerSettings::default`] (the one source).
@@ -65,6 +67,7 @@ impl Default for SchedulerConfig {
             misfire_grace: Duration::from_secs(s.misfire_grace_secs),
             shutdown_timeout: Duration::from_secs(30),
             retry: RetryPolicy::default(),
+            breakers: None,
         }
     }
 }
@@ -117,6 +120,15 @@ struct Inner {
 /// Results recorded per statement.
 const FLUSH_BATCH: usize = 500;
 
+/// Waits between attempts to record a batch of results (the shared backoff policy).
+const RECORD_BACKOFF: gathering_resilience::Backoff = gathering_resilience::Backoff {
+    initial: Duration::from_millis(200),
+    multiplier: 2.0,
+    max: Duration::from_secs(2),
+    jitter: true,
+    max_hint: Duration::ZERO,
+};
+
 /// The error recorded for an action whose code panicked. The panic payload is not recorded: it
 /// may hold arbitrary internals (the panic hook still reports it on stderr).
 const PANICKED_ERROR: &str = "action panicked";
@@ -157,6 +169,12 @@ impl Scheduler {
                     agents: deps.agents,
                     pipelines: deps.pipelines,
                     retry: config.retry,
+                    breakers: config.breakers.clone().unwrap_or_else(|| {
+                        gathering_resilience::Breakers::new(
+                            Default::default(),
+                            Arc::clone(&deps.clock),
+                        )
+                    }),
                 },
                 events: deps.events,
                 notifier: deps.notifier,
@@ -377,7 +395,7 @@ impl Scheduler {
                 }
                 Err(e) => {
                     tracing::warn!(count = rows.len(), attempt, error = %e, "cannot record execution results; retrying");
-                    tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt + 1))).await;
+                    tokio::time::sleep(RECORD_BACKOFF.delay(attempt + 1)).await;
                 }
             }
         }
