@@ -4,6 +4,7 @@
 
 pub mod gate;
 pub mod loopback;
+pub mod process;
 pub mod ws;
 
 use gathering_server::{Application, Settings};
