@@ -4,6 +4,8 @@
 //! each [`TestDb`] creates a database named by a fresh UUID there and migrates it. Databases are
 //! left behind for inspection; `.ci/run` drops every `gathering_test_*` database when it starts.
 
+pub mod loopback;
+
 use crate::error::StoreError;
 use crate::pool::{PgPool, PoolSettings, connect};
 use uuid::Uuid;

@@ -8,52 +8,45 @@ use gathering_domain::notifications::InMemoryNotifications;
 use gathering_domain::projects::{NewProject, Project, ProjectRepository};
 use gathering_domain::tools::ToolContext;
 use gathering_domain::{Page, PageRequest, RepoError};
+use gathering_store::test_support::loopback::{Answer, Loopback};
 use gathering_tools::{ToolRegistry, ToolsConfig};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use uuid::Uuid;
 
-#[derive(Debug, Clone)]
-pub struct Recorded {
-    pub method: String,
-    pub path: String,
-    pub headers: HashMap<String, String>,
-    pub body: String,
-}
+pub use gathering_store::test_support::loopback::Request as Recorded;
 
+/// The shared loopback fake with the routes the built-in tools' tests call.
 #[derive(Clone)]
 pub struct TestServer {
     pub addr: SocketAddr,
-    pub requests: Arc<Mutex<Vec<Recorded>>>,
+    server: Loopback,
     redirects: Arc<Mutex<HashMap<String, String>>>,
 }
 
 impl TestServer {
     pub async fn start() -> TestServer {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let server = TestServer {
-            addr: listener.local_addr().unwrap(),
-            requests: Arc::default(),
-            redirects: Arc::default(),
-        };
-        let s = server.clone();
-        tokio::spawn(async move {
-            while let Ok((conn, _)) = listener.accept().await {
-                let s = s.clone();
-                tokio::spawn(async move {
-                    let _ = s.serve(conn).await;
-                });
+        let redirects: Arc<Mutex<HashMap<String, String>>> = Arc::default();
+        let routes = redirects.clone();
+        let server = Loopback::serve(move |r| {
+            if let Some(location) = routes.lock().unwrap().get(&r.path) {
+                return Answer::text(302, "").header("location", location);
             }
-        });
-        server
+            route(r)
+        })
+        .await;
+        TestServer {
+            addr: SocketAddr::from(([127, 0, 0, 1], server.port())),
+            server,
+            redirects,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        self.server.url(path)
     }
 
     /// `GET path` answers 302 to `location`.
@@ -65,137 +58,42 @@ impl TestServer {
     }
 
     pub fn recorded(&self) -> Vec<Recorded> {
-        self.requests.lock().unwrap().clone()
-    }
-
-    async fn serve(&self, mut conn: TcpStream) -> std::io::Result<()> {
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        let head_end = loop {
-            let n = conn.read(&mut chunk).await?;
-            if n == 0 {
-                return Ok(());
-            }
-            buf.extend_from_slice(&chunk[..n]);
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-        };
-        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-        let mut lines = head.split("\r\n");
-        let mut first = lines.next().unwrap_or("").split(' ');
-        let method = first.next().unwrap_or("").to_owned();
-        let path = first.next().unwrap_or("").to_owned();
-        let headers: HashMap<String, String> = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-            .collect();
-        let len: usize = headers
-            .get("content-length")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        let mut body = buf[head_end..].to_vec();
-        while body.len() < len {
-            let n = conn.read(&mut chunk).await?;
-            if n == 0 {
-                break;
-            }
-            body.extend_from_slice(&chunk[..n]);
-        }
-        let body = String::from_utf8_lossy(&body).into_owned();
-        self.requests.lock().unwrap().push(Recorded {
-            method: method.clone(),
-            path: path.clone(),
-            headers: headers.clone(),
-            body: body.clone(),
-        });
-
-        let redirect = self.redirects.lock().unwrap().get(&path).cloned();
-        if let Some(location) = redirect {
-            return write(&mut conn, "302 Found", &[("location", &location)], "", true).await;
-        }
-        match path.as_str() {
-            "/json" => {
-                write(
-                    &mut conn,
-                    "200 OK",
-                    &[("content-type", "application/json"), ("x-test", "yes")],
-                    r#"{"ok":true,"n":1}"#,
-                    true,
-                )
-                .await
-            }
-            "/text" => {
-                write(
-                    &mut conn,
-                    "200 OK",
-                    &[("content-type", "text/plain")],
-                    "hello",
-                    true,
-                )
-                .await
-            }
-            "/echo" => {
-                let echo = serde_json::json!({
-                    "method": method,
-                    "body": body,
-                    "content_type": headers.get("content-type"),
-                    "custom": headers.get("x-custom"),
-                    "authorization": headers.get("authorization"),
-                });
-                write(
-                    &mut conn,
-                    "200 OK",
-                    &[("content-type", "application/json")],
-                    &echo.to_string(),
-                    true,
-                )
-                .await
-            }
-            "/slow" => {
-                tokio::time::sleep(Duration::from_secs(10)).await;
-                write(&mut conn, "200 OK", &[], "late", true).await
-            }
-            "/big" => write(&mut conn, "200 OK", &[], &"x".repeat(4096), true).await,
-            "/stream-big" => {
-                // No Content-Length: the body ends when the connection closes.
-                conn.write_all(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n")
-                    .await?;
-                for _ in 0..64 {
-                    if conn.write_all(&[b'y'; 1024]).await.is_err() {
-                        break;
-                    }
-                }
-                conn.shutdown().await
-            }
-            "/webhook" => write(&mut conn, "200 OK", &[], "", true).await,
-            p if p.starts_with("/status/") => {
-                let code = &p["/status/".len()..];
-                write(&mut conn, &format!("{code} X"), &[], "status body", true).await
-            }
-            _ => write(&mut conn, "404 Not Found", &[], "no route", true).await,
-        }
+        self.server.recorded()
     }
 }
 
-async fn write(
-    conn: &mut TcpStream,
-    status: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-    close: bool,
-) -> std::io::Result<()> {
-    let mut out = format!("HTTP/1.1 {status}\r\ncontent-length: {}\r\n", body.len());
-    for (k, v) in headers {
-        out.push_str(&format!("{k}: {v}\r\n"));
+fn route(r: &Recorded) -> Answer {
+    match r.path.as_str() {
+        "/json" => Answer::text(200, r#"{"ok":true,"n":1}"#)
+            .header("content-type", "application/json")
+            .header("x-test", "yes"),
+        "/text" => Answer::text(200, "hello").header("content-type", "text/plain"),
+        "/echo" => Answer::json(
+            200,
+            serde_json::json!({
+                "method": r.method,
+                "body": r.body,
+                "content_type": r.headers.get("content-type"),
+                "custom": r.headers.get("x-custom"),
+                "authorization": r.headers.get("authorization"),
+            }),
+        ),
+        // A slow upstream: the delay is the behaviour under test (the tool's timeout).
+        "/slow" => Answer::text(200, "late").after(Duration::from_secs(10)),
+        "/big" => Answer::text(200, &"x".repeat(4096)),
+        "/stream-big" => {
+            // No Content-Length: the body ends when the connection closes.
+            let mut raw = b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n".to_vec();
+            raw.extend(std::iter::repeat_n(b'y', 64 * 1024));
+            Answer::raw(raw)
+        }
+        "/webhook" => Answer::text(200, ""),
+        p if p.starts_with("/status/") => match p["/status/".len()..].parse() {
+            Ok(code) => Answer::text(code, "status body"),
+            Err(_) => Answer::text(400, "bad status"),
+        },
+        _ => Answer::text(404, "no route"),
     }
-    if close {
-        out.push_str("connection: close\r\n");
-    }
-    out.push_str("\r\n");
-    out.push_str(body);
-    conn.write_all(out.as_bytes()).await?;
-    conn.shutdown().await
 }
 
 /// A closed port on 127.0.0.1 (bound, then released).
