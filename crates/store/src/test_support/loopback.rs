@@ -35,11 +35,13 @@ pub struct Request {
 pub struct Answer {
     pub status: u16,
     pub headers: Vec<(String, String)>,
-    pub body: String,
+    pub body: Vec<u8>,
     /// Wait this long first (a slow or silent upstream: the delay is the behaviour under test).
     pub delay: Option<Duration>,
     /// Written as is instead of a built response (e.g. a body without Content-Length).
     pub raw: Option<Vec<u8>>,
+    /// Body sent in pieces of this size with a flush between (exercises stream parsing).
+    pub chunk: Option<usize>,
 }
 
 impl Answer {
@@ -53,9 +55,18 @@ impl Answer {
         Answer {
             status,
             headers: Vec::new(),
-            body: body.to_owned(),
+            body: body.as_bytes().to_vec(),
             delay: None,
             raw: None,
+            chunk: None,
+        }
+    }
+
+    /// `status` with these bytes as the body.
+    pub fn bytes_body(status: u16, body: impl Into<Vec<u8>>) -> Answer {
+        Answer {
+            body: body.into(),
+            ..Answer::text(status, "")
         }
     }
 
@@ -72,14 +83,21 @@ impl Answer {
         self
     }
 
+    /// Sends the body in pieces of `size` bytes, flushing between them.
+    pub fn chunked(mut self, size: usize) -> Answer {
+        self.chunk = Some(size);
+        self
+    }
+
     pub fn after(mut self, delay: Duration) -> Answer {
         self.delay = Some(delay);
         self
     }
 
-    fn bytes(&self) -> Vec<u8> {
+    /// The response head and body.
+    fn bytes(&self) -> (Vec<u8>, Vec<u8>) {
         if let Some(raw) = &self.raw {
-            return raw.clone();
+            return (Vec::new(), raw.clone());
         }
         let reason = match self.status {
             200 => "OK",
@@ -99,8 +117,23 @@ impl Answer {
             out.push_str(&format!("{k}: {v}\r\n"));
         }
         out.push_str("connection: close\r\n\r\n");
-        out.push_str(&self.body);
-        out.into_bytes()
+        (out.into_bytes(), self.body.clone())
+    }
+
+    async fn write_to(&self, sock: &mut TcpStream) -> std::io::Result<()> {
+        let (head, body) = self.bytes();
+        sock.write_all(&head).await?;
+        match self.chunk {
+            Some(size) if size > 0 => {
+                for piece in body.chunks(size) {
+                    sock.write_all(piece).await?;
+                    sock.flush().await?;
+                }
+            }
+            _ => sock.write_all(&body).await?,
+        }
+        sock.flush().await?;
+        sock.shutdown().await
     }
 }
 
@@ -189,8 +222,7 @@ impl Loopback {
         if let Some(d) = answer.delay {
             tokio::time::sleep(d).await;
         }
-        let _ = sock.write_all(&answer.bytes()).await;
-        let _ = sock.shutdown().await;
+        let _ = answer.write_to(&mut sock).await;
     }
 
     /// Answers every held and future request.
