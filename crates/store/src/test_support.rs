@@ -150,24 +150,6 @@ impl CountingProxy {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn with_database_replaces_only_the_path() {
-        assert_eq!(
-            with_database("postgres://postgres@127.0.0.1:5432/postgres", "x"),
-            "postgres://postgres@127.0.0.1:5432/x"
-        );
-        assert_eq!(
-            with_database("postgres://u@h/db?sslmode=disable", "y"),
-            "postgres://u@h/y?sslmode=disable"
-        );
-        assert_eq!(with_database("postgres://u@h", "z"), "postgres://u@h/z");
-    }
-}
-
 /// Inserts a plain user (role `user`, an unusable password hash) straight into `auth.users`
 /// and returns its id: the one copy of that SQL for repository and engine tests.
 pub async fn insert_user(pool: &PgPool) -> Result<Uuid, gathering_domain::RepoError> {
@@ -230,5 +212,23 @@ where
             panic!("condition not met within {within:?}");
         }
         tokio::time::sleep(POLL).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn with_database_replaces_only_the_path() {
+        assert_eq!(
+            with_database("postgres://postgres@127.0.0.1:5432/postgres", "x"),
+            "postgres://postgres@127.0.0.1:5432/x"
+        );
+        assert_eq!(
+            with_database("postgres://u@h/db?sslmode=disable", "y"),
+            "postgres://u@h/y?sslmode=disable"
+        );
+        assert_eq!(with_database("postgres://u@h", "z"), "postgres://u@h/z");
     }
 }

@@ -227,7 +227,7 @@ async fn listener_keeps_retrying_an_unreachable_database_until_cancelled() {
     });
     let cancel = CancellationToken::new();
     let (listener, _rx) = PgListener::spawn(
-        &format!("postgres://postgres@127.0.0.1:{port}/nothing"),
+        format!("postgres://postgres@127.0.0.1:{port}/nothing"),
         vec!["token_revoked".to_owned()],
         fast_options(),
         cancel.clone(),
