@@ -111,6 +111,7 @@ impl ToolInvoker for FakeTools {
             "gauge" => {
                 let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
                 self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+                // A call that takes time (the behaviour measured: how many overlap).
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 self.in_flight.fetch_sub(1, Ordering::SeqCst);
                 Ok(params)
@@ -1356,6 +1357,7 @@ async fn a_condition_over_its_budget_times_out_without_blocking_the_runtime() {
     let t = ticks.clone();
     let ticker = tokio::spawn(async move {
         loop {
+            // The ticker's own pace is what is measured (the runtime stays free).
             tokio::time::sleep(Duration::from_millis(5)).await;
             t.fetch_add(1, Ordering::SeqCst);
         }

@@ -343,7 +343,8 @@ async fn cancel_stops_the_run_and_nothing_runs_afterwards() {
     assert_eq!(r["status"], "cancelled", "{r}");
     assert_eq!(node(&r, "slow")["status"], "cancelled");
     assert_eq!(node(&r, "after")["status"], "cancelled");
-    // Nothing of the cancelled run executes later.
+    // Nothing of the cancelled run executes later. This sleep stays: it is the window in which
+    // nothing may happen, not a wait for something to happen.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(target.hits("/hit/after-cancel"), 0);
     assert_eq!(run_json(&app, &token, &run).await["status"], "cancelled");
@@ -657,7 +658,8 @@ async fn a_cancel_sent_to_another_instance_stops_the_run_within_two_seconds() {
     assert!(after["started_at"].is_null(), "never started: {cancelled}");
     assert_eq!(after["attempts"], 0, "{cancelled}");
 
-    // Letting the gate answer now does not revive the run: nothing else reaches the gate.
+    // Letting the gate answer now does not revive the run: nothing else reaches the gate. This
+    // sleep stays: it is the window in which nothing may happen.
     gate.release();
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(gate.paths(), ["/gate/wait"], "no request after the cancel");

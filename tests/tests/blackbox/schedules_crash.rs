@@ -240,7 +240,8 @@ async fn kill_9_of_every_instance_then_restart_honours_missed_run_policies_witho
     let last_skip = before_skip.last().unwrap().scheduled_for;
     let last_once = before_once.last().unwrap().scheduled_for;
 
-    // Every instance is down; occurrences come due and pass their grace.
+    // Every instance is down; occurrences come due and pass their grace. This sleep stays: the
+    // downtime on the wall clock is the scenario (real processes cannot be given a manual clock).
     tokio::time::sleep(DOWNTIME).await;
     // Counted after the downtime: a call the dead instances sent just before dying has landed.
     let once_calls_before = target.hits("/once");
@@ -452,7 +453,8 @@ async fn short_crash_does_not_replay_the_backlog() {
     for (_, id) in &ids {
         before.push(rows(&checker, *id).await);
     }
-    // Five occurrences per schedule come due while nothing runs.
+    // Five occurrences per schedule come due while nothing runs. This sleep stays: the downtime
+    // on the wall clock is the scenario.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let calls_before: Vec<usize> = ids.iter().map(|(p, _)| target.hits(p)).collect();
     let restart_at = Utc::now();
