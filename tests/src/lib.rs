@@ -4,6 +4,7 @@
 
 pub mod gate;
 pub mod loopback;
+pub mod process;
 pub mod ws;
 
 use gathering_server::{Application, Settings};
@@ -283,3 +284,6 @@ pub async fn assert_error(r: Response, status: StatusCode, code: &str) -> Value 
     );
     body
 }
+
+/// The kit's condition waits and direct user insert, shared with the crates' own tests.
+pub use gathering_store::test_support::{insert_user, wait_for, wait_until};

@@ -1,16 +1,11 @@
 //! A real HTTP server on 127.0.0.1 that answers like a provider, for tests of this crate and
 //! black-box tests of the server. Each request is recorded; the answer comes from a handler.
 
+use gathering_store::test_support::loopback::{Answer, Loopback, Request};
 use parking_lot::Mutex;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
-
-/// Largest request the fake server reads.
-const MAX_REQUEST: usize = 8 * 1024 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct Recorded {
@@ -76,18 +71,26 @@ impl Reply {
     }
 }
 
-type Handler = dyn Fn(&Recorded, usize) -> Reply + Send + Sync;
+impl Reply {
+    fn answer(&self) -> Answer {
+        let mut a = Answer::bytes_body(self.status, self.body.clone());
+        for (k, v) in &self.headers {
+            a = a.header(k, v);
+        }
+        if let Some(size) = self.chunk {
+            a = a.chunked(size);
+        }
+        if let Some(d) = self.delay {
+            a = a.after(d);
+        }
+        a
+    }
+}
 
+/// Built on the shared loopback fake ([`gathering_store::test_support::loopback`]).
 pub struct FakeProvider {
     pub base_url: String,
     pub requests: Arc<Mutex<Vec<Recorded>>>,
-    task: JoinHandle<()>,
-}
-
-impl Drop for FakeProvider {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 impl FakeProvider {
@@ -95,36 +98,26 @@ impl FakeProvider {
     pub async fn start(
         handler: impl Fn(&Recorded, usize) -> Reply + Send + Sync + 'static,
     ) -> std::io::Result<FakeProvider> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
         let requests: Arc<Mutex<Vec<Recorded>>> = Arc::default();
-        let handler: Arc<Handler> = Arc::new(handler);
         let reqs = requests.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((mut sock, _)) = listener.accept().await {
-                let reqs = reqs.clone();
-                let handler = handler.clone();
-                tokio::spawn(async move {
-                    let Some(rec) = read_request(&mut sock).await else {
-                        return;
-                    };
-                    let n = {
-                        let mut r = reqs.lock();
-                        r.push(rec.clone());
-                        r.len() - 1
-                    };
-                    let reply = handler(&rec, n);
-                    if let Some(d) = reply.delay {
-                        tokio::time::sleep(d).await;
-                    }
-                    let _ = write_reply(&mut sock, &reply).await;
-                });
-            }
-        });
+        let server = Loopback::serve(move |r: &Request| {
+            let rec = Recorded {
+                method: r.method.clone(),
+                path: r.path.clone(),
+                headers: r.headers.clone(),
+                body: serde_json::from_str(&r.body).unwrap_or(Value::Null),
+            };
+            let n = {
+                let mut all = reqs.lock();
+                all.push(rec.clone());
+                all.len() - 1
+            };
+            handler(&rec, n).answer()
+        })
+        .await;
         Ok(FakeProvider {
-            base_url: format!("http://{addr}"),
+            base_url: server.url(""),
             requests,
-            task,
         })
     }
 
@@ -143,74 +136,4 @@ impl FakeProvider {
     pub fn recorded(&self) -> Vec<Recorded> {
         self.requests.lock().clone()
     }
-}
-
-async fn read_request(sock: &mut tokio::net::TcpStream) -> Option<Recorded> {
-    let mut buf = Vec::new();
-    let mut tmp = [0u8; 8192];
-    let header_end = loop {
-        let n = sock.read(&mut tmp).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&tmp[..n]);
-        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break p;
-        }
-        if buf.len() > MAX_REQUEST {
-            return None;
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..header_end]).to_string();
-    let mut lines = head.split("\r\n");
-    let mut first = lines.next()?.split_whitespace();
-    let method = first.next()?.to_owned();
-    let path = first.next()?.to_owned();
-    let headers: HashMap<String, String> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let len: usize = headers
-        .get("content-length")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-        .min(MAX_REQUEST);
-    let mut body = buf[header_end + 4..].to_vec();
-    while body.len() < len {
-        let n = sock.read(&mut tmp).await.ok()?;
-        if n == 0 {
-            break;
-        }
-        body.extend_from_slice(&tmp[..n]);
-    }
-    Some(Recorded {
-        method,
-        path,
-        headers,
-        body: serde_json::from_slice(&body).unwrap_or(Value::Null),
-    })
-}
-
-async fn write_reply(sock: &mut tokio::net::TcpStream, r: &Reply) -> std::io::Result<()> {
-    let mut head = format!(
-        "HTTP/1.1 {} X\r\ncontent-length: {}\r\nconnection: close\r\n",
-        r.status,
-        r.body.len()
-    );
-    for (k, v) in &r.headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    sock.write_all(head.as_bytes()).await?;
-    match r.chunk {
-        Some(size) if size > 0 => {
-            for piece in r.body.chunks(size) {
-                sock.write_all(piece).await?;
-                sock.flush().await?;
-            }
-        }
-        _ => sock.write_all(&r.body).await?,
-    }
-    sock.flush().await?;
-    sock.shutdown().await
 }

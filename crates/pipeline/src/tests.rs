@@ -32,6 +32,10 @@ struct FakeTools {
     slow_dropped: AtomicBool,
     slow_succeeds: AtomicBool,
     slow_release: Notify,
+    /// `slow`: wake itself on every poll while it waits, and count the polls, so a test can see
+    /// the driver make a pass over its in-flight nodes.
+    slow_spins: AtomicBool,
+    slow_polls: AtomicU32,
     barrier: Mutex<Option<Arc<tokio::sync::Barrier>>>,
     /// `fragile`: once `flaky_left` is used up, block like `slow` (true) or fail with a 503.
     fragile_blocks: AtomicBool,
@@ -114,6 +118,7 @@ impl ToolInvoker for FakeTools {
             "gauge" => {
                 let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
                 self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+                // A call that takes time (the behaviour measured: how many overlap).
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 self.in_flight.fetch_sub(1, Ordering::SeqCst);
                 Ok(params)
@@ -129,7 +134,20 @@ impl ToolInvoker for FakeTools {
                 if self.slow_succeeds.load(Ordering::SeqCst) {
                     return Ok(json!({"slow": "done"}));
                 }
-                self.slow_release.notified().await;
+                if self.slow_spins.load(Ordering::SeqCst) {
+                    let mut released = std::pin::pin!(self.slow_release.notified());
+                    std::future::poll_fn(|cx| {
+                        self.slow_polls.fetch_add(1, Ordering::SeqCst);
+                        let p = released.as_mut().poll(cx);
+                        if p.is_pending() {
+                            cx.waker().wake_by_ref();
+                        }
+                        p
+                    })
+                    .await;
+                } else {
+                    self.slow_release.notified().await;
+                }
                 Ok(json!({"slow": "released"}))
             }
             other => Err(ToolError::UnknownTool(other.to_owned())),
@@ -985,7 +1003,8 @@ async fn agent_node_gets_a_templated_prompt_and_outputs_text_and_usage() {
     );
 }
 
-#[tokio::test]
+// Single-threaded on purpose: the wait for the driver to see the drain relies on it.
+#[tokio::test(flavor = "current_thread")]
 async fn graceful_stop_lets_in_flight_nodes_finish_and_releases_the_lease() {
     let h = harness_with(
         false,
@@ -995,6 +1014,7 @@ async fn graceful_stop_lets_in_flight_nodes_finish_and_releases_the_lease() {
         },
         None,
     );
+    h.tools.slow_spins.store(true, Ordering::SeqCst);
     let run = h
         .start(
             json!({"nodes": [action("s", "slow", json!({})), action("after", "echo", json!({}))],
@@ -1016,8 +1036,18 @@ async fn graceful_stop_lets_in_flight_nodes_finish_and_releases_the_lease() {
     })
     .await
     .unwrap();
-    // Give the driver a moment to observe the drain before the node completes.
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The driver must take the drain before the node completes. This runtime is single-threaded
+    // and the in-flight node wakes itself on every poll, so the driver keeps passing over it; a
+    // pass that starts now finds the drain ready and takes it in that same pass (before or right
+    // after polling the node). So one new poll of the node proves the driver saw the drain.
+    let seen = h.tools.slow_polls.load(Ordering::SeqCst);
+    tokio::time::timeout(LIMIT, async {
+        while h.tools.slow_polls.load(Ordering::SeqCst) == seen {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap();
     h.tools.slow_release.notify_one();
     tokio::time::timeout(LIMIT, handle).await.unwrap().unwrap();
     assert_eq!(
@@ -1442,6 +1472,7 @@ async fn a_condition_over_its_budget_times_out_without_blocking_the_runtime() {
     let t = ticks.clone();
     let ticker = tokio::spawn(async move {
         loop {
+            // The ticker's own pace is what is measured (the runtime stays free).
             tokio::time::sleep(Duration::from_millis(5)).await;
             t.fetch_add(1, Ordering::SeqCst);
         }

@@ -4,6 +4,8 @@
 //! each [`TestDb`] creates a database named by a fresh UUID there and migrates it. Databases are
 //! left behind for inspection; `.ci/run` drops every `gathering_test_*` database when it starts.
 
+pub mod loopback;
+
 use crate::error::StoreError;
 use crate::pool::{PgPool, PoolSettings, connect};
 use uuid::Uuid;
@@ -145,6 +147,71 @@ impl CountingProxy {
     /// Statements executed through the proxy so far.
     pub fn executed(&self) -> u64 {
         self.executed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Inserts a plain user (role `user`, an unusable password hash) straight into `auth.users`
+/// and returns its id: the one copy of that SQL for repository and engine tests.
+pub async fn insert_user(pool: &PgPool) -> Result<Uuid, gathering_domain::RepoError> {
+    let id = Uuid::now_v7();
+    let c = crate::pool::conn(pool).await?;
+    c.execute(
+        "INSERT INTO auth.users (id, email, name, role, password_hash) \
+         VALUES ($1, $2, 'u', 'user', 'x')",
+        &[&id, &format!("{id}@example.test")],
+    )
+    .await
+    .map_err(crate::error::db_err)?;
+    Ok(id)
+}
+
+impl TestDb {
+    /// [`insert_user`] into this database; panics (failing the test) if it cannot.
+    pub async fn user(&self) -> Uuid {
+        match insert_user(&self.pool).await {
+            Ok(id) => id,
+            Err(e) => panic!("cannot insert a test user: {e}"),
+        }
+    }
+}
+
+/// How often [`wait_until`] re-checks its condition.
+const POLL: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Waits until `cond` holds, re-checking it every 10 ms; panics (failing the test) if it does
+/// not hold within `within`. For waiting on an effect instead of sleeping and hoping.
+pub async fn wait_until<F, Fut>(within: std::time::Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if cond().await {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("condition not met within {within:?}");
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Like [`wait_until`], for a condition that yields a value once it holds.
+pub async fn wait_for<T, F, Fut>(within: std::time::Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("condition not met within {within:?}");
+        }
+        tokio::time::sleep(POLL).await;
     }
 }
 

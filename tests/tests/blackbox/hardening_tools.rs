@@ -2,13 +2,11 @@
 //! refusals (and the newly refused ranges), FIFOs in a project, replayed notifications.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use gathering_tests::loopback::{Answer, Loopback};
 use gathering_tests::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
 async fn invoke(app: &TestApp, token: &str, tool: &str, params: Value) -> reqwest::Response {
     tokio::time::timeout(
@@ -248,41 +246,10 @@ async fn a_fifo_in_a_project_is_refused_promptly_by_the_files_endpoint_and_read_
     still_alive(&app).await;
 }
 
-/// A webhook receiver that records each request's head (lowercased) and answers 200.
-async fn recording_receiver() -> (String, Arc<Mutex<Vec<String>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let heads: Arc<Mutex<Vec<String>>> = Arc::default();
-    let seen = heads.clone();
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            let seen = seen.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 65536 {
-                    match conn.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                let text = String::from_utf8_lossy(&buf).to_ascii_lowercase();
-                let head = text.split("\r\n\r\n").next().unwrap_or("").to_owned();
-                seen.lock().unwrap().push(head);
-                let _ = conn
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-                    .await;
-                let _ = conn.shutdown().await;
-            });
-        }
-    });
-    (format!("http://{addr}/hook"), heads)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replayed_send_notification_posts_the_webhook_once_with_its_idempotency_key() {
-    let (hook, heads) = recording_receiver().await;
-    let hooks = format!("ops={hook}");
+    let receiver = Loopback::serve(|_| Answer::text(200, "")).await;
+    let hooks = format!("ops={}", receiver.url("/hook"));
     let app = spawn_app_with(&[
         ("GATHERING__TOOLS__HTTP_ALLOWED_HOSTS", "127.0.0.1"),
         ("GATHERING__TOOLS__WEBHOOKS", hooks.as_str()),
@@ -313,13 +280,13 @@ async fn a_replayed_send_notification_posts_the_webhook_once_with_its_idempotenc
         assert_eq!(again["webhook"], Value::Null);
     }
     // The first POST completed before its invocation answered; replays posted nothing.
-    let heads = heads.lock().unwrap().clone();
-    assert_eq!(heads.len(), 1, "one webhook POST: {heads:?}");
-    let key_line = heads[0]
-        .lines()
-        .find(|l| l.starts_with("idempotency-key:"))
-        .unwrap_or_else(|| panic!("no Idempotency-Key header: {}", heads[0]));
-    assert!(key_line.trim_end().ends_with("deploy-42"), "{key_line}");
+    let posts = receiver.recorded();
+    assert_eq!(posts.len(), 1, "one webhook POST: {posts:?}");
+    let key = posts[0]
+        .headers
+        .get("idempotency-key")
+        .unwrap_or_else(|| panic!("no Idempotency-Key header: {:?}", posts[0]));
+    assert!(key.ends_with("deploy-42"), "{key}");
     let list: Value = app
         .get("/notifications", Some(&token))
         .await

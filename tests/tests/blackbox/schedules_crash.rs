@@ -6,11 +6,10 @@
 
 use chrono::{DateTime, Utc};
 use gathering_tests::loopback::{Answer, Loopback};
-use gathering_tests::{PASSWORD, TestApp, TestDatabase, base_env, spawn_app_on};
+use gathering_tests::process::ServerProcess;
+use gathering_tests::{PASSWORD, TestApp, TestDatabase, spawn_app_on};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -55,50 +54,20 @@ fn start_process(
     db: &TestDatabase,
     data: &std::path::Path,
     extra: &[(&str, &str)],
-) -> (Child, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gathering-test-server"));
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    for (k, v) in base_env(db, data) {
-        cmd.env(k, v);
-    }
-    cmd.env(ALLOW_LOOPBACK.0, ALLOW_LOOPBACK.1);
+) -> (ServerProcess, String) {
     // These schedules fire every second; the production minimum interval is 10 s.
-    cmd.env("GATHERING__SCHEDULER__MIN_INTERVAL_SECS", "1");
-    for (k, v) in extra {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (port_tx, port_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut sent = false;
-        // Keeps draining stdout so the process never blocks on a full pipe.
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if !sent && line.contains("\"msg\":\"listening\"") {
-                let v: Value = serde_json::from_str(&line).unwrap();
-                port_tx.send(v["port"].as_u64().unwrap()).unwrap();
-                sent = true;
-            }
-        }
-    });
-    let port = port_rx.recv_timeout(Duration::from_secs(60)).unwrap();
-    (child, format!("http://127.0.0.1:{port}/api/v1"))
+    let mut env = vec![
+        ALLOW_LOOPBACK,
+        ("GATHERING__SCHEDULER__MIN_INTERVAL_SECS", "1"),
+    ];
+    env.extend_from_slice(extra);
+    let server = gathering_tests::spawn_server_process!(db, data, &env);
+    let base = server.api();
+    (server, base)
 }
 
-async fn kill_9(mut child: Child) {
-    let killed = Command::new("kill")
-        .args(["-9", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+async fn kill_9(server: ServerProcess) {
+    server.kill_9().await;
 }
 
 async fn create(client: &reqwest::Client, base: &str, token: &str, body: Value) -> Uuid {
@@ -271,7 +240,8 @@ async fn kill_9_of_every_instance_then_restart_honours_missed_run_policies_witho
     let last_skip = before_skip.last().unwrap().scheduled_for;
     let last_once = before_once.last().unwrap().scheduled_for;
 
-    // Every instance is down; occurrences come due and pass their grace.
+    // Every instance is down; occurrences come due and pass their grace. This sleep stays: the
+    // downtime on the wall clock is the scenario (real processes cannot be given a manual clock).
     tokio::time::sleep(DOWNTIME).await;
     // Counted after the downtime: a call the dead instances sent just before dying has landed.
     let once_calls_before = target.hits("/once");
@@ -483,7 +453,8 @@ async fn short_crash_does_not_replay_the_backlog() {
     for (_, id) in &ids {
         before.push(rows(&checker, *id).await);
     }
-    // Five occurrences per schedule come due while nothing runs.
+    // Five occurrences per schedule come due while nothing runs. This sleep stays: the downtime
+    // on the wall clock is the scenario.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let calls_before: Vec<usize> = ids.iter().map(|(p, _)| target.hits(p)).collect();
     let restart_at = Utc::now();

@@ -1,13 +1,11 @@
 //! Black-box: notifications sent through `send_notification`, listed and marked read per user.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use gathering_tests::loopback::{Answer, Loopback};
 use gathering_tests::{TestApp, assert_error, spawn_app, spawn_app_with};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
 async fn send(app: &TestApp, token: &str, params: Value) -> Value {
     let r = app
@@ -121,47 +119,8 @@ async fn same_idempotency_key_stores_one_notification() {
 
 #[tokio::test]
 async fn configured_channel_webhook_receives_the_notification() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let received = Arc::new(Mutex::new(Vec::<String>::new()));
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let seen = received.clone();
-    tokio::spawn(async move {
-        let mut tx = Some(tx);
-        while let Ok((mut conn, _)) = listener.accept().await {
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 4096];
-            loop {
-                match conn.read(&mut chunk).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                }
-                let text = String::from_utf8_lossy(&buf).into_owned();
-                if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                    let len: usize = head
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .strip_prefix("content-length:")
-                                .map(|v| v.trim().parse().unwrap_or(0))
-                        })
-                        .unwrap_or(0);
-                    if body.len() >= len {
-                        seen.lock().unwrap().push(body.to_owned());
-                        break;
-                    }
-                }
-            }
-            let _ = conn
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-                .await;
-            let _ = conn.shutdown().await;
-            if let Some(tx) = tx.take() {
-                let _ = tx.send(());
-            }
-        }
-    });
-    let hooks = format!("ops=http://{addr}/hook");
+    let receiver = Loopback::serve(|_| Answer::text(200, "")).await;
+    let hooks = format!("ops={}", receiver.url("/hook"));
     let app = spawn_app_with(&[
         ("GATHERING__TOOLS__HTTP_ALLOWED_HOSTS", "127.0.0.1"),
         ("GATHERING__TOOLS__WEBHOOKS", hooks.as_str()),
@@ -175,12 +134,12 @@ async fn configured_channel_webhook_receives_the_notification() {
     )
     .await;
     assert_eq!(out["webhook"]["status"], 200);
-    tokio::time::timeout(Duration::from_secs(10), rx)
-        .await
-        .unwrap()
-        .unwrap();
-    let bodies = received.lock().unwrap().clone();
-    let body: Value = serde_json::from_str(&bodies[0]).unwrap();
+    receiver
+        .wait_for(Some("/hook"), 1, Duration::from_secs(10))
+        .await;
+    let posts = receiver.recorded();
+    assert_eq!(posts[0].method, "POST");
+    let body: Value = serde_json::from_str(&posts[0].body).unwrap();
     assert_eq!(body["type"], "notification.created");
     assert_eq!(body["notification"]["title"], "deploy");
     assert_eq!(body["notification"]["channel"], "ops");

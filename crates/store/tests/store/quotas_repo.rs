@@ -14,18 +14,6 @@ use serde_json::json;
 use std::sync::Arc;
 use uuid::Uuid;
 
-async fn user(db: &TestDb) -> Uuid {
-    let id = Uuid::now_v7();
-    let c = db.pool.get().await.unwrap();
-    c.execute(
-        "INSERT INTO auth.users (id, email, name, role, password_hash) VALUES ($1, $2, 'u', 'user', 'x')",
-        &[&id, &format!("{id}@example.test")],
-    )
-    .await
-    .unwrap();
-    id
-}
-
 fn schedule(owner: Uuid, name: &str, config: serde_json::Value) -> NewSchedule {
     NewSchedule {
         owner_id: owner,
@@ -46,7 +34,7 @@ fn schedule(owner: Uuid, name: &str, config: serde_json::Value) -> NewSchedule {
 #[tokio::test]
 async fn a_nul_the_store_is_handed_is_a_validation_error_not_a_500() {
     let db = TestDb::new().await.unwrap();
-    let owner = user(&db).await;
+    let owner = db.user().await;
     let repo = PgScheduleRepository::new(db.pool.clone());
     let e = repo
         .create(schedule(owner, "a\u{0}b", json!({})))
@@ -73,8 +61,8 @@ async fn the_count_quota_holds_under_concurrent_inserts_and_per_user() {
     )
     .await
     .unwrap();
-    let owner = user(&db).await;
-    let other = user(&db).await;
+    let owner = db.user().await;
+    let other = db.user().await;
     let repo = Arc::new(PgScheduleRepository::new(db.pool.clone()));
     let tasks: Vec<_> = (0..20)
         .map(|i| {
@@ -114,7 +102,7 @@ async fn the_count_quota_holds_under_concurrent_inserts_and_per_user() {
 #[tokio::test]
 async fn workspace_bytes_are_charged_refused_over_the_limit_and_never_negative() {
     let db = TestDb::new().await.unwrap();
-    let owner = user(&db).await;
+    let owner = db.user().await;
     let q = PgQuotas::new(
         db.pool.clone(),
         &QuotaLimits {

@@ -1,7 +1,7 @@
 //! `http_request` against a real HTTP server on 127.0.0.1, and its SSRF guard.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use gathering_domain::tools::ToolError;
 use gathering_tools::ToolsConfig;

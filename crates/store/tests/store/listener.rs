@@ -7,7 +7,9 @@ use gathering_domain::notify::{ListenerEvent, Notifier};
 use gathering_store::listener::{
     LISTENER_APPLICATION_NAME, ListenerOptions, PgListener, PgNotifier,
 };
-use gathering_store::test_support::TestDb;
+use gathering_store::test_support::{TestDb, wait_until};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::broadcast::Receiver;
 use tokio_util::sync::CancellationToken;
@@ -211,17 +213,28 @@ async fn cancelling_stops_the_task_and_closes_its_connection() {
 
 #[tokio::test]
 async fn listener_keeps_retrying_an_unreachable_database_until_cancelled() {
-    // Nothing listens on port 1.
+    // A port that accepts each connection and closes it at once: no database there, and every
+    // attempt is counted.
+    let refuser = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = refuser.local_addr().unwrap().port();
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let counted = attempts.clone();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = refuser.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            drop(sock);
+        }
+    });
     let cancel = CancellationToken::new();
     let (listener, _rx) = PgListener::spawn(
-        "postgres://postgres@127.0.0.1:1/nothing",
+        format!("postgres://postgres@127.0.0.1:{port}/nothing"),
         vec!["token_revoked".to_owned()],
         fast_options(),
         cancel.clone(),
     )
     .unwrap();
     // A few retry rounds go by without the task ending.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_until(WAIT, || async { attempts.load(Ordering::SeqCst) >= 3 }).await;
     assert!(!listener.is_finished());
     assert!(!listener.is_connected());
     cancel.cancel();

@@ -379,19 +379,17 @@ async fn breaker_opens_after_consecutive_failures_and_stops_calling() {
 
 #[tokio::test]
 async fn a_silent_provider_times_out() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let hold = tokio::spawn(async move {
-        let mut socks = Vec::new();
-        while let Ok((s, _)) = listener.accept().await {
-            socks.push(s);
-        }
-    });
+    // Takes the request and never answers.
+    let silent = gathering_store::test_support::loopback::Loopback::held(|_| unreachable!()).await;
     let f = factory_with(1, 10, Duration::from_millis(300));
-    let m = model(&f, Provider::OpenAi, &format!("http://{addr}"), Some("k"));
+    let m = model(&f, Provider::OpenAi, &silent.url(""), Some("k"));
     let err = chat(&m, &request()).await.unwrap_err();
     assert!(matches!(err, LlmError::Timeout { .. }), "{err:?}");
-    hold.abort();
+    assert_eq!(
+        silent.requests(),
+        1,
+        "the request reached the silent provider"
+    );
 }
 
 #[tokio::test]

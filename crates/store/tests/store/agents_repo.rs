@@ -12,19 +12,6 @@ use gathering_store::pool::{PoolSettings, conn, connect};
 use gathering_store::test_support::{CountingProxy, TestDb, with_database};
 use uuid::Uuid;
 
-async fn user(db: &TestDb) -> Uuid {
-    let id = Uuid::now_v7();
-    let c = conn(&db.pool).await.unwrap();
-    c.execute(
-        "INSERT INTO auth.users (id, email, name, role, password_hash) \
-         VALUES ($1, $2, 'u', 'user', 'x')",
-        &[&id, &format!("{id}@example.com")],
-    )
-    .await
-    .unwrap();
-    id
-}
-
 fn new_agent(owner: Uuid, name: &str, provider: Provider) -> NewAgent {
     NewAgent {
         owner_id: owner,
@@ -41,8 +28,8 @@ fn new_agent(owner: Uuid, name: &str, provider: Provider) -> NewAgent {
 async fn agents_are_scoped_to_their_owner() {
     let db = TestDb::new().await.unwrap();
     let store = PgAgentStore::new(db.pool.clone());
-    let alice = user(&db).await;
-    let bob = user(&db).await;
+    let alice = db.user().await;
+    let bob = db.user().await;
     let a = store
         .create_agent(new_agent(alice, "ada", Provider::OpenAi))
         .await
@@ -91,7 +78,7 @@ async fn agents_are_scoped_to_their_owner() {
 async fn agent_list_pages_newest_first() {
     let db = TestDb::new().await.unwrap();
     let store = PgAgentStore::new(db.pool.clone());
-    let owner = user(&db).await;
+    let owner = db.user().await;
     for i in 0..3 {
         store
             .create_agent(new_agent(owner, &format!("a{i}"), Provider::Ollama))
@@ -118,8 +105,8 @@ async fn agent_list_pages_newest_first() {
 async fn chat_messages_persist_in_order_with_usage() {
     let db = TestDb::new().await.unwrap();
     let store = PgAgentStore::new(db.pool.clone());
-    let owner = user(&db).await;
-    let other = user(&db).await;
+    let owner = db.user().await;
+    let other = db.user().await;
     let a = store
         .create_agent(new_agent(owner, "ada", Provider::OpenAi))
         .await
@@ -166,8 +153,8 @@ async fn chat_messages_persist_in_order_with_usage() {
 async fn memories_are_recalled_by_relevance_and_owner() {
     let db = TestDb::new().await.unwrap();
     let store = PgAgentStore::new(db.pool.clone());
-    let owner = user(&db).await;
-    let other = user(&db).await;
+    let owner = db.user().await;
+    let other = db.user().await;
     let a = store
         .create_agent(new_agent(owner, "ada", Provider::OpenAi))
         .await
@@ -236,7 +223,7 @@ async fn memories_are_recalled_by_relevance_and_owner() {
 async fn get_circle_loads_members_agents_and_providers_in_one_query() {
     let db = TestDb::new().await.unwrap();
     let store = PgAgentStore::new(db.pool.clone());
-    let owner = user(&db).await;
+    let owner = db.user().await;
     let mut members = Vec::new();
     for (i, p) in [Provider::OpenAi, Provider::Anthropic, Provider::Ollama]
         .into_iter()
@@ -302,7 +289,7 @@ async fn get_circle_loads_members_agents_and_providers_in_one_query() {
     assert!(!detail.members[2].provider.key_set);
 
     // Another user sees nothing.
-    let other = user(&db).await;
+    let other = db.user().await;
     assert!(store.get_circle(other, circle.id).await.unwrap().is_none());
 }
 
@@ -310,8 +297,8 @@ async fn get_circle_loads_members_agents_and_providers_in_one_query() {
 async fn circle_with_a_foreign_agent_is_refused_and_not_created() {
     let db = TestDb::new().await.unwrap();
     let store = PgAgentStore::new(db.pool.clone());
-    let owner = user(&db).await;
-    let other = user(&db).await;
+    let owner = db.user().await;
+    let other = db.user().await;
     let mine = store
         .create_agent(new_agent(owner, "mine", Provider::OpenAi))
         .await
@@ -345,7 +332,7 @@ async fn circle_with_a_foreign_agent_is_refused_and_not_created() {
 async fn circle_task_transcript_and_result_persist() {
     let db = TestDb::new().await.unwrap();
     let store = PgAgentStore::new(db.pool.clone());
-    let owner = user(&db).await;
+    let owner = db.user().await;
     let a = store
         .create_agent(new_agent(owner, "lead", Provider::OpenAi))
         .await
@@ -391,7 +378,7 @@ async fn circle_task_transcript_and_result_persist() {
     assert!(detail.task.finished_at.is_some());
     assert_eq!(detail.transcript.len(), 2);
     assert_eq!(detail.transcript[1].content, "turn 1");
-    let other = user(&db).await;
+    let other = db.user().await;
     assert!(store.get_task(other, task.id).await.unwrap().is_none());
     assert!(matches!(
         store
@@ -405,7 +392,7 @@ async fn circle_task_transcript_and_result_persist() {
 async fn provider_settings_keep_unchanged_fields_and_clear_on_request() {
     let db = TestDb::new().await.unwrap();
     let store = PgAgentStore::new(db.pool.clone());
-    let owner = user(&db).await;
+    let owner = db.user().await;
     store
         .upsert_provider_setting(
             owner,

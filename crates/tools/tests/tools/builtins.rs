@@ -2,7 +2,7 @@
 //! notifications (with a webhook on a real loopback server).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use gathering_domain::PageRequest;
 use gathering_domain::notifications::NotificationRepository;

@@ -26,18 +26,6 @@ impl ClaimPlanner for StepPlanner {
     }
 }
 
-async fn user(db: &TestDb) -> Uuid {
-    let id = Uuid::now_v7();
-    let c = db.pool.get().await.unwrap();
-    c.execute(
-        "INSERT INTO auth.users (id, email, name, role, password_hash) VALUES ($1, $2, 'u', 'user', 'x')",
-        &[&id, &format!("{id}@example.test")],
-    )
-    .await
-    .unwrap();
-    id
-}
-
 fn new_schedule(owner: Uuid, due: DateTime<Utc>) -> NewSchedule {
     NewSchedule {
         owner_id: owner,
@@ -58,7 +46,7 @@ fn new_schedule(owner: Uuid, due: DateTime<Utc>) -> NewSchedule {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_claimers_never_claim_one_occurrence_twice() {
     let db = TestDb::new().await.unwrap();
-    let owner = user(&db).await;
+    let owner = db.user().await;
     let repo = Arc::new(PgScheduleRepository::new(db.pool.clone()));
     let due = Utc::now() - Duration::seconds(5);
     for _ in 0..50 {
@@ -102,7 +90,7 @@ async fn concurrent_claimers_never_claim_one_occurrence_twice() {
 #[tokio::test]
 async fn an_occurrence_already_recorded_is_not_inserted_again() {
     let db = TestDb::new().await.unwrap();
-    let owner = user(&db).await;
+    let owner = db.user().await;
     let repo = PgScheduleRepository::new(db.pool.clone());
     let due = Utc::now() - Duration::seconds(1);
     let s = repo.create(new_schedule(owner, due)).await.unwrap();
@@ -138,7 +126,7 @@ async fn an_occurrence_already_recorded_is_not_inserted_again() {
 #[tokio::test]
 async fn overlap_skip_records_skipped_while_previous_runs() {
     let db = TestDb::new().await.unwrap();
-    let owner = user(&db).await;
+    let owner = db.user().await;
     let repo = PgScheduleRepository::new(db.pool.clone());
     let mut n = new_schedule(owner, Utc::now() - Duration::seconds(10));
     n.overlap = OverlapPolicy::Skip;
@@ -172,8 +160,8 @@ async fn overlap_skip_records_skipped_while_previous_runs() {
 #[tokio::test]
 async fn executions_list_is_bounded_paginated_and_owner_scoped() {
     let db = TestDb::new().await.unwrap();
-    let owner = user(&db).await;
-    let other = user(&db).await;
+    let owner = db.user().await;
+    let other = db.user().await;
     let repo = PgScheduleRepository::new(db.pool.clone());
     let s = repo
         .create(new_schedule(owner, Utc::now() + Duration::hours(1)))
@@ -226,7 +214,7 @@ async fn executions_list_is_bounded_paginated_and_owner_scoped() {
 #[tokio::test]
 async fn recover_interrupts_only_executions_of_silent_instances() {
     let db = TestDb::new().await.unwrap();
-    let owner = user(&db).await;
+    let owner = db.user().await;
     let repo = PgScheduleRepository::new(db.pool.clone());
     let s = repo
         .create(new_schedule(owner, Utc::now() + Duration::hours(1)))
@@ -271,7 +259,7 @@ async fn recover_interrupts_only_executions_of_silent_instances() {
 #[tokio::test]
 async fn a_schedule_at_its_execution_limit_is_not_claimed_even_if_enabled() {
     let db = TestDb::new().await.unwrap();
-    let owner = user(&db).await;
+    let owner = db.user().await;
     let repo = PgScheduleRepository::new(db.pool.clone());
     let due = Utc::now() - Duration::seconds(1);
     let mut at_limit = new_schedule(owner, due);

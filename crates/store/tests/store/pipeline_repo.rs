@@ -13,18 +13,6 @@ use serde_json::json;
 use std::collections::HashSet;
 use uuid::Uuid;
 
-async fn user(db: &TestDb) -> Uuid {
-    let id = Uuid::now_v7();
-    let c = db.pool.get().await.unwrap();
-    c.execute(
-        "INSERT INTO auth.users (id, email, name, role, password_hash) VALUES ($1, $2, 'u', 'user', 'x')",
-        &[&id, &format!("{id}@example.com")],
-    )
-    .await
-    .unwrap();
-    id
-}
-
 fn definition(timeout_ms: Option<u64>) -> PipelineDefinition {
     serde_json::from_value(json!({
         "nodes": [{"id": "a", "type": "trigger"}, {"id": "b", "type": "action", "config": {"tool": "echo", "params": {}}}],
@@ -36,7 +24,7 @@ fn definition(timeout_ms: Option<u64>) -> PipelineDefinition {
 
 async fn setup() -> (TestDb, PgPipelineRepository, PgRunRepository, Uuid) {
     let db = TestDb::new().await.unwrap();
-    let owner = user(&db).await;
+    let owner = db.user().await;
     let repo = PgPipelineRepository::new(db.pool.clone());
     let runs = PgRunRepository::new(db.pool.clone());
     (db, repo, runs, owner)
@@ -73,7 +61,7 @@ fn node(id: &str, status: NodeStatus, output: Option<serde_json::Value>) -> Node
 #[tokio::test]
 async fn pipelines_are_versioned_owner_scoped_and_paginated() {
     let (db, repo, runs, owner) = setup().await;
-    let other = user(&db).await;
+    let other = db.user().await;
     let id = pipeline(&repo, owner, None).await;
     assert!(repo.get(other, id).await.unwrap().is_none());
     assert_eq!(
@@ -409,7 +397,7 @@ async fn cancel_flags_leased_runs_and_cancels_unleased_ones_at_once() {
         .await
         .unwrap()
         .unwrap();
-    let stranger = user(&db).await;
+    let stranger = db.user().await;
     assert!(
         runs.request_cancel(stranger, leased.id, Utc::now())
             .await

@@ -2,11 +2,10 @@
 //! migrations under concurrent start-up.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use gathering_tests::gate::Gate;
 use gathering_tests::*;
 use reqwest::StatusCode;
 use serde_json::json;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,74 +106,76 @@ async fn instances_starting_together_migrate_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_in_flight_requests_finish_then_exits_zero() {
+    // Each in-flight request is a tool call to a gate that holds its answer: once the gate has
+    // seen every call, the requests are provably in flight when the signal lands.
+    let gate = Gate::start().await;
     let db = TestDatabase::new().await;
     let data = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gathering-test-server"));
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    for (k, v) in base_env(&db, data.path()) {
-        cmd.env(k, v);
-    }
-    // One hash at a time: the logins queue up and take a while.
-    cmd.env("GATHERING__AUTH__HASH_CONCURRENCY", "1");
-    let mut child = cmd.spawn().unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (port_tx, port_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if !sent && line.contains("\"msg\":\"listening\"") {
-                let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-                port_tx.send(v["port"].as_u64().unwrap()).unwrap();
-                sent = true;
-            }
-        }
-    });
-    let port = port_rx.recv_timeout(Duration::from_secs(60)).unwrap();
-    let base = format!("http://127.0.0.1:{port}");
+    let server = gathering_tests::spawn_server_process!(
+        &db,
+        data.path(),
+        &[("GATHERING__TOOLS__HTTP_ALLOWED_HOSTS", "127.0.0.1")]
+    );
+    let base = server.api();
     let client = reqwest::Client::new();
     let r = client
-        .post(format!("{base}/api/v1/auth/register"))
+        .post(format!("{base}/auth/register"))
         .json(&json!({"email": "s@example.com", "password": PASSWORD, "name": "S"}))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 201);
-
-    let mut inflight = Vec::new();
-    for _ in 0..6 {
-        let c = client.clone();
-        let url = format!("{base}/api/v1/auth/login");
-        inflight.push(tokio::spawn(async move {
-            c.post(url)
-                .json(&json!({"email": "s@example.com", "password": PASSWORD}))
-                .send()
-                .await
-                .map(|r| r.status())
-        }));
-    }
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-
-    for t in inflight {
-        let status = t.await.unwrap().expect("in-flight request completes");
-        assert_eq!(status, StatusCode::OK);
-    }
-    let exit = tokio::task::spawn_blocking(move || child.wait())
+    let tokens: serde_json::Value = client
+        .post(format!("{base}/auth/login"))
+        .json(&json!({"email": "s@example.com", "password": PASSWORD}))
+        .send()
         .await
         .unwrap()
+        .json()
+        .await
         .unwrap();
+    let token = tokens["access_token"].as_str().unwrap().to_owned();
+
+    const IN_FLIGHT: usize = 3;
+    let mut inflight = Vec::new();
+    for i in 0..IN_FLIGHT {
+        let c = client.clone();
+        let url = format!("{base}/tools/http_request/invoke");
+        let body = json!({"params": {"method": "GET", "url": gate.url(&format!("/in-flight/{i}")),
+                                     "timeout_ms": 60000}});
+        let token = token.clone();
+        inflight.push(tokio::spawn(async move {
+            let r = c.post(url).bearer_auth(token).json(&body).send().await?;
+            let status = r.status();
+            r.json::<serde_json::Value>().await.map(|b| (status, b))
+        }));
+    }
+    gate.wait_for_requests(IN_FLIGHT, Duration::from_secs(30))
+        .await;
+    server.signal("TERM");
+    // The requests are still held at the gate: none finished before the signal.
+    for t in &inflight {
+        assert!(
+            !t.is_finished(),
+            "a request finished before it was released"
+        );
+    }
+    gate.release();
+
+    for t in inflight {
+        let (status, body) = t.await.unwrap().expect("in-flight request completes");
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(
+            body.to_string().contains("released"),
+            "the upstream's answer came back: {body}"
+        );
+    }
+    let root = server.root();
+    let exit = server.wait().await;
     assert!(exit.success(), "exit status {exit:?}");
     assert!(
         client
-            .get(format!("{base}/health/live"))
+            .get(format!("{root}/health/live"))
             .send()
             .await
             .is_err(),

@@ -78,19 +78,6 @@ impl EventPublisher for Recorder {
     }
 }
 
-async fn user(db: &TestDb) -> Uuid {
-    let id = Uuid::now_v7();
-    let c = conn(&db.pool).await.unwrap();
-    c.execute(
-        "INSERT INTO auth.users (id, email, name, role, password_hash) \
-         VALUES ($1, $2, 'u', 'user', 'x')",
-        &[&id, &format!("{id}@example.com")],
-    )
-    .await
-    .unwrap();
-    id
-}
-
 async fn env(config: LlmConfig, tools: Option<Arc<Echo>>) -> Env {
     let db = TestDb::new().await.unwrap();
     let store = PgAgentStore::new(db.pool.clone());
@@ -109,7 +96,7 @@ async fn env(config: LlmConfig, tools: Option<Arc<Echo>>) -> Env {
     if let Some(t) = tools {
         svc = svc.with_tools(t.clone(), t);
     }
-    let owner = user(&db).await;
+    let owner = db.user().await;
     Env {
         db,
         store,
@@ -511,7 +498,7 @@ async fn agent_runner_port_runs_a_chat() {
         .unwrap();
     assert_eq!(out.text, "done");
     assert!(out.session_id.is_some());
-    let other = user(&e.db).await;
+    let other = e.db.user().await;
     let err = runner
         .run(AgentRequest {
             owner_id: other,
@@ -820,7 +807,7 @@ async fn circle_members_must_be_the_owners_agents_with_one_lead() {
         panic!()
     };
     assert_eq!(p[0].field, "/members");
-    let other = user(&e.db).await;
+    let other = e.db.user().await;
     let c = circles
         .create(e.owner, "c".into(), vec![(a.id, "lead".into())])
         .await

@@ -8,8 +8,6 @@ use gathering_tests::loopback::{Answer, Loopback};
 use gathering_tests::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The tools' target, counting hits per path:
@@ -345,7 +343,8 @@ async fn cancel_stops_the_run_and_nothing_runs_afterwards() {
     assert_eq!(r["status"], "cancelled", "{r}");
     assert_eq!(node(&r, "slow")["status"], "cancelled");
     assert_eq!(node(&r, "after")["status"], "cancelled");
-    // Nothing of the cancelled run executes later.
+    // Nothing of the cancelled run executes later. This sleep stays: it is the window in which
+    // nothing may happen, not a wait for something to happen.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(target.hits("/hit/after-cancel"), 0);
     assert_eq!(run_json(&app, &token, &run).await["status"], "cancelled");
@@ -488,33 +487,8 @@ async fn kill_9_mid_run_then_restart_resumes_without_rerunning_completed_nodes()
     let target = Target::start().await;
     let db = TestDatabase::new().await;
     let data = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gathering-test-server"));
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    for (k, v) in base_env(&db, data.path()) {
-        cmd.env(k, v);
-    }
-    for (k, v) in FAST_RESCUE {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (port_tx, port_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if !sent && line.contains("\"msg\":\"listening\"") {
-                let v: Value = serde_json::from_str(&line).unwrap();
-                port_tx.send(v["port"].as_u64().unwrap()).unwrap();
-                sent = true;
-            }
-        }
-    });
-    let port = port_rx.recv_timeout(Duration::from_secs(60)).unwrap();
-    let base = format!("http://127.0.0.1:{port}/api/v1");
+    let child = gathering_tests::spawn_server_process!(&db, data.path(), &FAST_RESCUE);
+    let base = child.api();
     let client = reqwest::Client::new();
     let r = client
         .post(format!("{base}/auth/register"))
@@ -568,17 +542,7 @@ async fn kill_9_mid_run_then_restart_resumes_without_rerunning_completed_nodes()
     })
     .await
     .expect("node b is in flight");
-    assert!(
-        Command::new("kill")
-            .args(["-9", &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
-    tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    child.kill_9().await;
 
     // A new instance on the same database rescues the run once its lease expires and resumes it.
     let app = spawn_app_on(&db, &FAST_RESCUE).await;
@@ -694,7 +658,8 @@ async fn a_cancel_sent_to_another_instance_stops_the_run_within_two_seconds() {
     assert!(after["started_at"].is_null(), "never started: {cancelled}");
     assert_eq!(after["attempts"], 0, "{cancelled}");
 
-    // Letting the gate answer now does not revive the run: nothing else reaches the gate.
+    // Letting the gate answer now does not revive the run: nothing else reaches the gate. This
+    // sleep stays: it is the window in which nothing may happen.
     gate.release();
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(gate.paths(), ["/gate/wait"], "no request after the cancel");

@@ -158,7 +158,8 @@ async fn paused_schedule_stops_firing() {
     assert_eq!(paused["enabled"], false);
     assert!(paused["next_run_at"].is_null());
     let before = settled(&app, &token, id, 1).await.len();
-    // Proving absence needs time: three would-be occurrences.
+    // Proving absence needs time: three would-be occurrences. This sleep stays: it is the window
+    // in which nothing may happen, not a wait for something to happen.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(executions(&app, &token, id).await.len(), before);
     assert_eq!(server.requests(), before);

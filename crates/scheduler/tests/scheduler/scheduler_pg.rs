@@ -14,7 +14,7 @@ use gathering_scheduler::{
     SchedulerDeps,
 };
 use gathering_store::scheduler::PgScheduleRepository;
-use gathering_store::test_support::TestDb;
+use gathering_store::test_support::{TestDb, wait_until};
 use serde_json::{Value, json};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -73,18 +73,6 @@ impl ToolInvoker for PanickingTools {
         }
         self.inner.invoke(ctx, name, p).await
     }
-}
-
-async fn user(db: &TestDb) -> Uuid {
-    let id = Uuid::now_v7();
-    let c = db.pool.get().await.unwrap();
-    c.execute(
-        "INSERT INTO auth.users (id, email, name, role, password_hash) VALUES ($1, $2, 'u', 'user', 'x')",
-        &[&id, &format!("{id}@example.test")],
-    )
-    .await
-    .unwrap();
-    id
 }
 
 fn scheduler(
@@ -146,39 +134,74 @@ async fn executions(db: &TestDb, schedule: Uuid) -> Vec<(String, chrono::DateTim
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_instances_execute_every_occurrence_exactly_once() {
     let db = TestDb::new().await.unwrap();
-    let owner = user(&db).await;
-    // Actions take 100 ms and an instance runs at most 10 at once, so the 50 occurrences due
-    // each second cannot all be claimed by one instance: both must take part.
+    let owner = db.user().await;
+    // Both instances share one manual clock and are stepped (no sleeping): each "second" the
+    // clock advances and both claim concurrently. Actions block on `gate` in the first second,
+    // so an instance holds at most 10 and the 50 due occurrences cannot all go to one of them.
+    let gate = Arc::new(Semaphore::new(0));
     let tools = Arc::new(CountingTools {
-        delay: Some(Duration::from_millis(100)),
+        gate: Some(gate.clone()),
         ..CountingTools::default()
     });
+    let clock = Arc::new(ManualClock::new(Utc::now()));
     let cfg = || SchedulerConfig {
         instance_id: Uuid::now_v7(),
         batch_size: 5,
         max_concurrency: 10,
         ..SchedulerConfig::default()
     };
-    let a = scheduler(&db, tools.clone(), Arc::new(SystemClock), cfg());
-    let b = scheduler(&db, tools.clone(), Arc::new(SystemClock), cfg());
+    let a = scheduler(&db, tools.clone(), clock.clone(), cfg());
+    let b = scheduler(&db, tools.clone(), clock.clone(), cfg());
     let service = service_for(a.clone());
     let mut ids = Vec::new();
     for _ in 0..50 {
         ids.push(service.create(owner, call_api(1)).await.unwrap().id);
     }
-    let cancel = CancellationToken::new();
-    let ha = a.spawn(None, cancel.clone());
-    let hb = b.spawn(None, cancel.clone());
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    cancel.cancel();
-    tokio::time::timeout(Duration::from_secs(30), async {
-        ha.await.unwrap();
-        hb.await.unwrap();
-    })
-    .await
-    .unwrap();
-
     let c = db.pool.get().await.unwrap();
+    let count = |sql: &'static str| {
+        let c = &c;
+        async move { c.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }
+    };
+
+    for second in 1..=4_i64 {
+        clock.advance(CDuration::seconds(1));
+        if second == 1 {
+            // Claim concurrently until both instances are saturated (the gate holds every action).
+            loop {
+                let (ra, rb) = tokio::join!(a.tick_once(), b.tick_once());
+                let (ra, rb) = (ra.unwrap(), rb.unwrap());
+                if ra.saturated && rb.saturated {
+                    break;
+                }
+            }
+            let per_instance = c
+                .query(
+                    "SELECT instance_id, count(*) FROM scheduler.executions GROUP BY instance_id",
+                    &[],
+                )
+                .await
+                .unwrap();
+            assert_eq!(per_instance.len(), 2, "one instance did everything");
+            for r in &per_instance {
+                assert_eq!(
+                    r.get::<_, i64>(1),
+                    10,
+                    "an instance holds more than its slots"
+                );
+            }
+            gate.add_permits(Semaphore::MAX_PERMITS / 2);
+        }
+        // Both claim and run concurrently until nothing is due and nothing runs.
+        let (ra, rb) = tokio::join!(a.run_until_idle(), b.run_until_idle());
+        ra.unwrap();
+        rb.unwrap();
+        assert_eq!(
+            count("SELECT count(*) FROM scheduler.executions").await,
+            50 * second,
+            "second {second}: every schedule fires exactly once per second"
+        );
+    }
+
     let rows = c
         .query(
             "SELECT id, schedule_id, scheduled_for, status, instance_id FROM scheduler.executions",
@@ -186,8 +209,7 @@ async fn two_instances_execute_every_occurrence_exactly_once() {
         )
         .await
         .unwrap();
-    // Every schedule fired about 4 times in 4 seconds.
-    assert!(rows.len() >= 100, "only {} executions", rows.len());
+    assert_eq!(rows.len(), 200);
     let occurrences: HashSet<(Uuid, chrono::DateTime<Utc>)> =
         rows.iter().map(|r| (r.get(1), r.get(2))).collect();
     assert_eq!(occurrences.len(), rows.len(), "an occurrence has two rows");
@@ -201,19 +223,29 @@ async fn two_instances_execute_every_occurrence_exactly_once() {
     // Both instances took part.
     let instances: HashSet<Uuid> = rows.iter().map(|r| r.get(4)).collect();
     assert_eq!(instances.len(), 2, "one instance did everything");
-    // A graceful stop removes the heartbeats.
-    let beats: i64 = c
-        .query_one("SELECT count(*) FROM scheduler.instances", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(beats, 0);
+
+    // The run loops: each beats, and a graceful stop removes the heartbeats.
+    let cancel = CancellationToken::new();
+    let ha = a.spawn(None, cancel.clone());
+    let hb = b.spawn(None, cancel.clone());
+    wait_until(Duration::from_secs(10), || async {
+        count("SELECT count(*) FROM scheduler.instances").await == 2
+    })
+    .await;
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        ha.await.unwrap();
+        hb.await.unwrap();
+    })
+    .await
+    .unwrap();
+    assert_eq!(count("SELECT count(*) FROM scheduler.instances").await, 0);
 }
 
 #[tokio::test]
 async fn running_executions_of_a_dead_instance_become_interrupted_and_never_rerun() {
     let db = TestDb::new().await.unwrap();
-    let owner = user(&db).await;
+    let owner = db.user().await;
     let start = Utc::now();
     let clock = Arc::new(ManualClock::new(start));
     let tools = Arc::new(CountingTools::default());
@@ -278,7 +310,7 @@ async fn missed_runs_case(
     Option<chrono::DateTime<Utc>>,
 ) {
     let db = TestDb::new().await.unwrap();
-    let owner = user(&db).await;
+    let owner = db.user().await;
     let clock = Arc::new(ManualClock::new(Utc::now()));
     let tools = Arc::new(CountingTools::default());
     let sch = scheduler(
@@ -334,7 +366,7 @@ async fn skip_policy_runs_none_of_the_missed_occurrences() {
 #[tokio::test]
 async fn overlapping_occurrence_is_recorded_skipped_while_the_previous_runs() {
     let db = TestDb::new().await.unwrap();
-    let owner = user(&db).await;
+    let owner = db.user().await;
     let clock = Arc::new(ManualClock::new(Utc::now()));
     let gate = Arc::new(Semaphore::new(0));
     let tools = Arc::new(CountingTools {
@@ -370,7 +402,7 @@ async fn overlapping_occurrence_is_recorded_skipped_while_the_previous_runs() {
 #[tokio::test]
 async fn a_panicking_action_fails_its_execution_and_the_next_occurrence_still_runs() {
     let db = TestDb::new().await.unwrap();
-    let owner = user(&db).await;
+    let owner = db.user().await;
     let clock = Arc::new(ManualClock::new(Utc::now()));
     let tools = Arc::new(PanickingTools {
         inner: CountingTools::default(),
@@ -421,7 +453,7 @@ async fn a_panicking_action_fails_its_execution_and_the_next_occurrence_still_ru
 #[tokio::test]
 async fn schedule_is_disabled_after_max_executions() {
     let db = TestDb::new().await.unwrap();
-    let owner = user(&db).await;
+    let owner = db.user().await;
     let clock = Arc::new(ManualClock::new(Utc::now()));
     let tools = Arc::new(CountingTools::default());
     let sch = scheduler(
@@ -454,7 +486,7 @@ async fn schedule_is_disabled_after_max_executions() {
 #[tokio::test]
 async fn run_now_executes_immediately_and_is_listed() {
     let db = TestDb::new().await.unwrap();
-    let owner = user(&db).await;
+    let owner = db.user().await;
     let tools = Arc::new(CountingTools::default());
     let sch = scheduler(
         &db,
@@ -479,7 +511,7 @@ async fn run_now_executes_immediately_and_is_listed() {
     assert!(page.items[0].finished_at.is_some());
     assert_eq!(tools.count(), 1);
     // Another user sees nothing.
-    let other = user(&db).await;
+    let other = db.user().await;
     let err = service.run_now(other, s.id).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound);
 }
@@ -487,7 +519,7 @@ async fn run_now_executes_immediately_and_is_listed() {
 #[tokio::test]
 async fn paused_schedule_does_not_fire_and_resumes_on_enable() {
     let db = TestDb::new().await.unwrap();
-    let owner = user(&db).await;
+    let owner = db.user().await;
     let clock = Arc::new(ManualClock::new(Utc::now()));
     let tools = Arc::new(CountingTools::default());
     let sch = scheduler(
@@ -542,7 +574,7 @@ async fn paused_schedule_does_not_fire_and_resumes_on_enable() {
 #[tokio::test]
 async fn invalid_schedules_are_refused_with_field_details() {
     let db = TestDb::new().await.unwrap();
-    let owner = user(&db).await;
+    let owner = db.user().await;
     let sch = scheduler(
         &db,
         Arc::new(CountingTools::default()),
