@@ -2,7 +2,7 @@
 //! security headers), the error → HTTP mapping and the OpenAPI document.
 //!
 //! Engine crates never depend on actix; this crate depends on the engines. The server binary
-//! registers each service with `app_data` and calls [`configure`].
+//! builds one [`AppState`] and serves [`app`]`(state)`; the tests serve the same `app`.
 
 pub mod error;
 pub mod extract;
@@ -11,19 +11,47 @@ pub mod middleware;
 pub mod openapi;
 pub mod ratelimit;
 pub mod routes;
+pub mod state;
 
 use crate::error::ApiError;
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::middleware::from_fn;
+use actix_web::{App, HttpRequest, HttpResponse, web};
 use gathering_domain::FieldProblem;
+use tracing_actix_web::TracingLogger;
 
 pub use error::ApiError as Error;
+pub use state::AppState;
 
 /// Largest JSON body accepted anywhere (pipelines with many nodes fit comfortably).
 pub const MAX_JSON_BYTES: usize = 1024 * 1024;
 
-/// Mounts every route: health and docs at the root, the API under `/api/v1`.
-pub fn configure(cfg: &mut web::ServiceConfig) {
+/// The whole HTTP application: request id and tracing middleware, the state (registered once),
+/// every route and the JSON 404. `main` and the tests serve exactly this.
+pub fn app(
+    state: web::Data<AppState>,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    App::new()
+        .wrap(TracingLogger::<middleware::RequestSpan>::new())
+        .wrap(from_fn(middleware::request_id))
+        .app_data(state)
+        .configure(configure)
+        .default_service(web::to(not_found))
+}
+
+/// Mounts every route: health and docs at the root, the API under `/api/v1`. The routes read
+/// their services from `web::Data<AppState>`, which [`app`] registers.
+fn configure(cfg: &mut web::ServiceConfig) {
     cfg.app_data(json_config())
         .app_data(query_config())
         .app_data(path_config())
