@@ -648,10 +648,11 @@ async fn an_agents_tool_calls_run_through_the_real_registry_and_invalid_argument
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_waits_for_an_in_flight_circle_task_whose_client_left() {
-    // The provider is slow, the client gives up, then the server is stopped while the task is
-    // still running: the stop drains it (bounded by the shutdown timeout) before returning.
+    // The provider answers in 3 s; the client gives up, then the server is stopped while the
+    // task is running. The HTTP drain gives up after the 2 s shutdown timeout (dropping the
+    // request), so only the tracked task set keeps the stop waiting until the task is done.
     let provider = FakeProvider::start(|_: &Recorded, _| {
-        oa("an answer worth waiting for").after(std::time::Duration::from_millis(1500))
+        oa("an answer worth waiting for").after(std::time::Duration::from_millis(3000))
     })
     .await
     .unwrap();
@@ -661,6 +662,7 @@ async fn shutdown_waits_for_an_in_flight_circle_task_whose_client_left() {
             provider.base_url.as_str(),
         ),
         ("GATHERING__LLM__OPENAI__API_KEY", "sk-env-000000"),
+        ("GATHERING__SERVER__SHUTDOWN_TIMEOUT_SECS", "2"),
     ])
     .await;
     let token = app.user_token().await;

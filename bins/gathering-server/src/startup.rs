@@ -11,6 +11,7 @@ use gathering_api::ratelimit::{RateLimitSettings, RateLimits, TrustedProxies};
 use gathering_api::routes::health::{Readiness, ReadinessProbe};
 use gathering_api::routes::projects::DataDir;
 use gathering_api::routes::ws::WsConfig;
+use gathering_api::state::RequestTasks;
 use gathering_domain::notify::ListenerConsumer;
 use gathering_domain::projects::ProjectRepository;
 use gathering_domain::{Clock, SystemClock};
@@ -22,7 +23,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 /// Channels this instance listens on (one connection for all).
@@ -129,7 +129,9 @@ impl Application {
             proxies: TrustedProxies(settings.trusted_proxies()?),
             ws: ws_config(&settings),
             shutdown: stop.clone(),
-            tasks: TaskTracker::new(),
+            tasks: RequestTasks::new(
+                tokio::runtime::Handle::try_current().context("no tokio runtime")?,
+            ),
         });
 
         let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
@@ -210,7 +212,7 @@ impl Application {
         };
         signals.abort();
         // Work requests started (circle tasks) finishes before the engines stop under it.
-        state.drain_tasks(shutdown_timeout).await;
+        state.tasks.drain(shutdown_timeout).await;
         background.cancel();
         let all = futures::future::join_all(tasks);
         if tokio::time::timeout(shutdown_timeout, all).await.is_err() {

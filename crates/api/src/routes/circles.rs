@@ -184,7 +184,7 @@ pub async fn create_task(
     let work = state.tasks.spawn(
         async move { svc.run_task(owner, circle_id, b.title, b.description).await }
             .instrument(tracing::Span::current()),
-    );
+    )?;
     let done = work
         .await
         .map_err(|e| ApiError::internal(format!("circle task worker: {e}")))??;
