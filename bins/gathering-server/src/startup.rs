@@ -77,62 +77,17 @@ impl Application {
         let auth = build_auth(&settings, &db.pool, clock.clone()).await?;
         let engines = crate::engines::build(&settings, &db.pool, clock, projects.clone())?;
 
-        // Background tasks: each takes the token cancelled once HTTP has drained, and is
-        // joined (bounded) in `run_until_stopped`.
-        let background = CancellationToken::new();
-        let mut tasks = vec![tokio::spawn(engines.flusher.run(background.clone()))];
-        let (listener, listener_events) = gathering_store::listener::PgListener::spawn(
-            &db.url,
-            listen_channels(),
-            gathering_store::listener::ListenerOptions::default(),
-            background.clone(),
-        )?;
-        tasks.push(
-            engines
-                .executor
-                .spawn(background.clone(), Some(listener.subscribe())),
-        );
-        tasks.push(
-            engines
-                .scheduler
-                .spawn(Some(listener.subscribe()), background.clone()),
-        );
-        let consumers: Vec<Arc<dyn ListenerConsumer>> =
-            vec![auth.clone(), Arc::new(engines.bus.clone())];
-        tasks.push(gathering_store::listener::spawn_fanout(
-            listener,
-            listener_events,
-            consumers,
-            background.clone(),
-        ));
-        tasks.push(gathering_auth::spawn_purge(
-            auth.clone(),
-            gathering_auth::maintenance::PURGE_INTERVAL,
-            background.clone(),
-        ));
-
         let stop = CancellationToken::new();
-        let state = web::Data::new(AppState {
+        let state = web::Data::new(app_state(
+            &settings,
+            &db.pool,
             auth,
             projects,
-            notifications: engines.notifications.clone(),
-            tools: engines.tools.clone(),
-            agents: engines.llm.agents.clone(),
-            circles: engines.llm.circles.clone(),
-            provider_settings: engines.llm.settings.clone(),
-            pipelines: engines.pipelines.clone(),
-            schedules: engines.schedules.clone(),
-            bus: engines.bus.clone(),
-            readiness: Arc::new(Readiness::new(Arc::new(DbProbe(db.pool.clone())))),
-            data_dir: data_dir(&settings)?,
-            limits: RateLimits::new(&rate_limit_settings(&settings)),
-            proxies: TrustedProxies(settings.trusted_proxies()?),
-            ws: ws_config(&settings),
-            shutdown: stop.clone(),
-            tasks: RequestTasks::new(
-                tokio::runtime::Handle::try_current().context("no tokio runtime")?,
-            ),
-        });
+            &engines,
+            stop.clone(),
+        )?);
+        let background = CancellationToken::new();
+        let tasks = spawn_background(engines, state.auth.clone(), &db.url, &background)?;
 
         let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
             .with_context(|| {
@@ -226,6 +181,72 @@ impl Application {
         info!("stopped");
         result
     }
+}
+
+/// The HTTP layer's state: the services, and the settings it applies.
+fn app_state(
+    settings: &Settings,
+    pool: &PgPool,
+    auth: Arc<gathering_auth::AuthService>,
+    projects: Arc<dyn ProjectRepository>,
+    engines: &crate::engines::Engines,
+    stop: CancellationToken,
+) -> anyhow::Result<AppState> {
+    Ok(AppState {
+        auth,
+        projects,
+        notifications: engines.notifications.clone(),
+        tools: engines.tools.clone(),
+        agents: engines.llm.agents.clone(),
+        circles: engines.llm.circles.clone(),
+        provider_settings: engines.llm.settings.clone(),
+        pipelines: engines.pipelines.clone(),
+        schedules: engines.schedules.clone(),
+        bus: engines.bus.clone(),
+        readiness: Arc::new(Readiness::new(Arc::new(DbProbe(pool.clone())))),
+        data_dir: data_dir(settings)?,
+        limits: RateLimits::new(&rate_limit_settings(settings)),
+        proxies: TrustedProxies(settings.trusted_proxies()?),
+        ws: ws_config(settings),
+        shutdown: stop,
+        tasks: RequestTasks::new(
+            tokio::runtime::Handle::try_current().context("no tokio runtime")?,
+        ),
+    })
+}
+
+/// Starts the background tasks, each owned by its crate and stopped by `stop` (cancelled once
+/// HTTP has drained); `run_until_stopped` joins the handles (bounded).
+fn spawn_background(
+    engines: crate::engines::Engines,
+    auth: Arc<gathering_auth::AuthService>,
+    database_url: &str,
+    stop: &CancellationToken,
+) -> anyhow::Result<Vec<JoinHandle<()>>> {
+    // One LISTEN connection for the instance, fanned out to its consumers.
+    let (listener, events) = gathering_store::listener::PgListener::spawn(
+        database_url,
+        listen_channels(),
+        gathering_store::listener::ListenerOptions::default(),
+        stop.clone(),
+    )?;
+    let consumers: Vec<Arc<dyn ListenerConsumer>> =
+        vec![auth.clone(), Arc::new(engines.bus.clone())];
+    Ok(vec![
+        tokio::spawn(engines.flusher.run(stop.clone())),
+        engines
+            .executor
+            .spawn(stop.clone(), Some(listener.subscribe())),
+        engines
+            .scheduler
+            .spawn(Some(listener.subscribe()), stop.clone()),
+        gathering_store::listener::spawn_fanout(listener, events, consumers, stop.clone()),
+        gathering_auth::spawn_purge(
+            auth,
+            gathering_auth::maintenance::PURGE_INTERVAL,
+            stop.clone(),
+        ),
+    ])
 }
 
 /// The database this instance uses: its pool, its URL (for the LISTEN connection) and the
