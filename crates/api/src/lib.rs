@@ -12,6 +12,8 @@ pub mod openapi;
 pub mod ratelimit;
 pub mod routes;
 pub mod state;
+#[cfg(test)]
+pub(crate) mod test_state;
 
 use crate::error::ApiError;
 use actix_web::body::MessageBody;
@@ -125,4 +127,56 @@ fn query_config() -> web::QueryConfig {
 fn path_config() -> web::PathConfig {
     // A malformed id in a URL names nothing that exists.
     web::PathConfig::default().error_handler(|_err: PathError, _req| ApiError::not_found().into())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::ratelimit::{RateLimitSettings, TrustedProxies};
+    use crate::test_state::test_state;
+    use actix_web::test::{TestRequest, call_service, init_service};
+    use std::net::SocketAddr;
+
+    fn login(peer: &str, forwarded: Option<&str>) -> TestRequest {
+        let mut r = TestRequest::post()
+            .uri("/api/v1/auth/login")
+            .peer_addr(peer.parse::<SocketAddr>().unwrap())
+            .set_json(serde_json::json!({"email": "nobody@example.com", "password": "x"}));
+        if let Some(f) = forwarded {
+            r = r.insert_header(("x-forwarded-for", f));
+        }
+        r
+    }
+
+    fn one_per_minute() -> RateLimitSettings {
+        RateLimitSettings {
+            auth_per_minute: 1,
+            ..Default::default()
+        }
+    }
+
+    #[actix_web::test]
+    async fn the_auth_tier_limits_an_app_built_from_the_state() {
+        let (state, _db) = test_state(one_per_minute(), TrustedProxies::default()).await;
+        let app = init_service(app(state)).await;
+        let first = call_service(&app, login("10.0.0.1:4000", None).to_request()).await;
+        assert_ne!(first.status().as_u16(), 429);
+        let second = call_service(&app, login("10.0.0.1:4000", None).to_request()).await;
+        assert_eq!(second.status().as_u16(), 429);
+        assert!(second.headers().contains_key("retry-after"));
+    }
+
+    #[actix_web::test]
+    async fn a_trusted_proxy_forwarded_address_keys_the_auth_tier() {
+        let proxy = "10.0.0.9".parse().unwrap();
+        let (state, _db) = test_state(one_per_minute(), TrustedProxies(vec![proxy])).await;
+        let app = init_service(app(state)).await;
+        let a = call_service(&app, login("10.0.0.9:4000", Some("1.1.1.1")).to_request()).await;
+        let b = call_service(&app, login("10.0.0.9:4000", Some("2.2.2.2")).to_request()).await;
+        assert_ne!(a.status().as_u16(), 429);
+        assert_ne!(b.status().as_u16(), 429, "another client behind the proxy");
+        let again = call_service(&app, login("10.0.0.9:4000", Some("1.1.1.1")).to_request()).await;
+        assert_eq!(again.status().as_u16(), 429);
+    }
 }
