@@ -2,12 +2,13 @@
 
 use crate::error::ApiError;
 use crate::middleware::RequestId;
-use crate::ratelimit::{RateLimits, client_ip};
+use crate::ratelimit::{TrustedProxies, client_ip};
+use crate::state::AppState;
 use actix_web::dev::Payload;
 use actix_web::http::{Method, header};
 use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
 use chrono::{DateTime, Utc};
-use gathering_auth::{AccessClaims, AuthService};
+use gathering_auth::AccessClaims;
 use gathering_domain::PageRequest;
 use gathering_domain::auth::{RequestMeta, Role};
 use serde::Deserialize;
@@ -53,9 +54,9 @@ impl AuthUser {
 pub struct AdminUser(pub AuthUser);
 
 /// Who is calling, for the audit trail.
-pub fn request_meta(req: &HttpRequest) -> RequestMeta {
+pub fn request_meta(req: &HttpRequest, proxies: &TrustedProxies) -> RequestMeta {
     RequestMeta {
-        ip: client_ip(req).map(|ip| ip.to_string()),
+        ip: client_ip(req, proxies).map(|ip| ip.to_string()),
         user_agent: req
             .headers()
             .get(header::USER_AGENT)
@@ -75,14 +76,25 @@ pub(crate) fn bearer(req: &HttpRequest) -> Option<String> {
         .filter(|t| !t.is_empty())
 }
 
+/// The application state [`crate::app`] registers. Every app is built by `app`, so this is
+/// always there; were it not, requests fail closed (500), never unauthenticated or unlimited.
+pub(crate) fn app_state(req: &HttpRequest) -> Result<web::Data<AppState>, ApiError> {
+    req.app_data::<web::Data<AppState>>()
+        .cloned()
+        .ok_or_else(|| {
+            ApiError::internal("the app state is missing: build the app with gathering_api::app")
+        })
+}
+
 /// Verifies `token` as an access token for this request (used by the WebSocket route, which
 /// may receive the token in the query string or the first message).
-pub async fn authenticate_token(req: &HttpRequest, token: &str) -> Result<AuthUser, ApiError> {
-    let auth = req
-        .app_data::<web::Data<AuthService>>()
-        .ok_or_else(|| ApiError::internal("AuthService is not registered"))?;
-    let meta = request_meta(req);
-    let claims = auth.authenticate(token, &meta).await?;
+pub async fn authenticate_token(
+    req: &HttpRequest,
+    state: &AppState,
+    token: &str,
+) -> Result<AuthUser, ApiError> {
+    let meta = request_meta(req, &state.proxies);
+    let claims = state.auth.authenticate(token, &meta).await?;
     Ok(AuthUser {
         id: claims.user_id,
         role: claims.role,
@@ -93,10 +105,8 @@ pub async fn authenticate_token(req: &HttpRequest, token: &str) -> Result<AuthUs
     })
 }
 
-fn apply_user_limit(req: &HttpRequest, user: &AuthUser) -> Result<(), ApiError> {
-    let Some(limits) = req.app_data::<web::Data<RateLimits>>() else {
-        return Ok(());
-    };
+fn apply_user_limit(req: &HttpRequest, state: &AppState, user: &AuthUser) -> Result<(), ApiError> {
+    let limits = &state.limits;
     let key = user.id.to_string();
     let tier = match *req.method() {
         Method::GET | Method::HEAD | Method::OPTIONS => &limits.read,
@@ -118,8 +128,9 @@ impl FromRequest for AuthUser {
             let token = bearer(&req).ok_or_else(|| {
                 ApiError::unauthorized("missing or malformed Authorization: Bearer header")
             })?;
-            let user = authenticate_token(&req, &token).await?;
-            apply_user_limit(&req, &user)?;
+            let state = app_state(&req)?;
+            let user = authenticate_token(&req, &state, &token).await?;
+            apply_user_limit(&req, &state, &user)?;
             req.extensions_mut().insert(user.clone());
             Ok(user)
         })

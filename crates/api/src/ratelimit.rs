@@ -5,10 +5,10 @@
 //! from a full table starts with a fresh allowance; the table bound is configuration.
 
 use crate::error::ApiError;
+use actix_web::HttpMessage;
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
-use actix_web::{HttpMessage, web};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use lru::LruCache;
@@ -101,12 +101,9 @@ pub struct TrustedProxies(pub Vec<IpAddr>);
 
 /// The client's address: the peer, or — when the peer is a trusted proxy — the right-most
 /// address of `X-Forwarded-For` that is not itself a trusted proxy.
-pub fn client_ip(req: &actix_web::HttpRequest) -> Option<IpAddr> {
+pub fn client_ip(req: &actix_web::HttpRequest, proxies: &TrustedProxies) -> Option<IpAddr> {
     let peer = req.peer_addr().map(|a| a.ip())?;
-    let trusted = req
-        .app_data::<web::Data<TrustedProxies>>()
-        .map(|t| t.0.clone())
-        .unwrap_or_default();
+    let trusted = &proxies.0;
     if !trusted.contains(&peer) {
         return Some(peer);
     }
@@ -132,15 +129,17 @@ pub async fn auth_tier(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
-    if let Some(limits) = req.app_data::<web::Data<RateLimits>>() {
-        let key = client_ip(req.request())
-            .map(|ip| ip.to_string())
-            .unwrap_or_else(|| "unknown".to_owned());
-        if let Err(wait) = limits.auth.check(&key) {
-            req.extensions_mut().insert(RateLimited);
-            // A response carrying the error (not an `Err`), so the edge middleware completes it.
-            return Ok(req.error_response(ApiError::rate_limited(wait)));
-        }
+    let state = match crate::extract::app_state(req.request()) {
+        Ok(state) => state,
+        Err(e) => return Ok(req.error_response(e)),
+    };
+    let key = client_ip(req.request(), &state.proxies)
+        .map(|ip| ip.to_string())
+        .unwrap_or_else(|| "unknown".to_owned());
+    if let Err(wait) = state.limits.auth.check(&key) {
+        req.extensions_mut().insert(RateLimited);
+        // A response carrying the error (not an `Err`), so the edge middleware completes it.
+        return Ok(req.error_response(ApiError::rate_limited(wait)));
     }
     Ok(next.call(req).await?.map_into_boxed_body())
 }

@@ -9,6 +9,7 @@ pub mod email;
 pub mod error;
 #[cfg(any(test, feature = "fakes"))]
 pub mod fakes;
+pub mod maintenance;
 pub mod password;
 pub mod revocation;
 pub mod service;
@@ -18,6 +19,7 @@ pub use cache::{UserCache, VerifiedTokens};
 pub use config::AuthConfig;
 pub use email::normalize_email;
 pub use error::AuthError;
+pub use maintenance::spawn_purge;
 pub use password::{PasswordHasher, PasswordParams};
 pub use revocation::{CacheLookup, RevocationCache};
 pub use service::{AuthRepos, AuthService, PurgeReport, TokenPair};

@@ -23,3 +23,10 @@ pub trait Notifier: Send + Sync {
     /// PostgreSQL limits payloads to under 8000 bytes; callers keep payloads small (ids).
     async fn notify(&self, channel: &str, payload: &str) -> Result<(), RepoError>;
 }
+
+/// A consumer of the listener's events (caches that resync, buses that relay remote events).
+/// The LISTEN fan-out task hands every event to each consumer in turn.
+#[async_trait]
+pub trait ListenerConsumer: Send + Sync {
+    async fn on_listener_event(&self, event: &ListenerEvent);
+}

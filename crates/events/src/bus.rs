@@ -5,7 +5,7 @@ use crate::error::EventsError;
 use crate::flusher::Flusher;
 use crate::remote::{self, EVENTS_CHANNEL};
 use gathering_domain::events::{Event, EventPublisher};
-use gathering_domain::notify::{ListenerEvent, Notifier};
+use gathering_domain::notify::{ListenerConsumer, ListenerEvent, Notifier};
 use lru::LruCache;
 use parking_lot::Mutex;
 use serde::Serialize;
@@ -437,5 +437,12 @@ impl Drop for Subscription {
         {
             state.subscribers.remove(&self.user_id);
         }
+    }
+}
+
+#[async_trait::async_trait]
+impl ListenerConsumer for EventBus {
+    async fn on_listener_event(&self, event: &ListenerEvent) {
+        self.handle_listener_event(event);
     }
 }

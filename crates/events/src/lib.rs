@@ -22,10 +22,3 @@ pub use config::EventsConfig;
 pub use error::EventsError;
 pub use flusher::Flusher;
 pub use remote::EVENTS_CHANNEL;
-
-use tokio_util::sync::CancellationToken;
-
-/// Server shutdown signal for long-lived connections (the WebSocket route closes its sockets
-/// with a close frame when it fires). Register as `web::Data<Shutdown>`.
-#[derive(Debug, Clone, Default)]
-pub struct Shutdown(pub CancellationToken);

@@ -13,7 +13,7 @@ use crate::pool::{PgPool, conn};
 use async_trait::async_trait;
 use futures::StreamExt;
 use gathering_domain::RepoError;
-use gathering_domain::notify::{ListenerEvent, Notifier};
+use gathering_domain::notify::{ListenerConsumer, ListenerEvent, Notifier};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -209,6 +209,44 @@ impl PgListener {
             tracing::error!(error = %e, "listener task failed");
         }
     }
+}
+
+/// Starts the fan-out task: every event of `events` goes to each consumer, in order. A lagged
+/// receiver is reported as `Disconnected` then `Connected`, so caches resync. The task owns the
+/// listener: when `stop` is cancelled it ends and then joins the listener task (which stops on
+/// the same token). The caller joins the returned handle on shutdown.
+pub fn spawn_fanout(
+    listener: PgListener,
+    mut events: broadcast::Receiver<ListenerEvent>,
+    consumers: Vec<Arc<dyn ListenerConsumer>>,
+    stop: CancellationToken,
+) -> JoinHandle<()> {
+    use tracing::Instrument;
+    tokio::spawn(
+        async move {
+            loop {
+                let ev = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    ev = events.recv() => ev,
+                };
+                let batch = match ev {
+                    Ok(ev) => vec![ev],
+                    // Missed notifications: like a reconnect, so caches resync.
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        vec![ListenerEvent::Disconnected, ListenerEvent::Connected]
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                };
+                for ev in &batch {
+                    for c in &consumers {
+                        c.on_listener_event(ev).await;
+                    }
+                }
+            }
+            listener.join().await;
+        }
+        .instrument(tracing::info_span!("listener_fanout")),
+    )
 }
 
 /// Where the listener connects, for logs: never includes the password.

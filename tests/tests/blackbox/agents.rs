@@ -645,3 +645,76 @@ async fn an_agents_tool_calls_run_through_the_real_registry_and_invalid_argument
     let refused: Value = serde_json::from_str(results[1]["content"].as_str().unwrap()).unwrap();
     assert_eq!(refused["details"][0]["field"], "/expression", "{refused}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_waits_for_an_in_flight_circle_task_whose_client_left() {
+    // The provider answers in 3 s; the client gives up, then the server is stopped while the
+    // task is running. The HTTP drain gives up after the 2 s shutdown timeout (dropping the
+    // request), so only the tracked task set keeps the stop waiting until the task is done.
+    let provider = FakeProvider::start(|_: &Recorded, _| {
+        oa("an answer worth waiting for").after(std::time::Duration::from_millis(3000))
+    })
+    .await
+    .unwrap();
+    let app = spawn_app_with(&[
+        (
+            "GATHERING__LLM__OPENAI__BASE_URL",
+            provider.base_url.as_str(),
+        ),
+        ("GATHERING__LLM__OPENAI__API_KEY", "sk-env-000000"),
+        ("GATHERING__SERVER__SHUTDOWN_TIMEOUT_SECS", "2"),
+    ])
+    .await;
+    let token = app.user_token().await;
+    let lead = create_agent(&app, &token, "lead").await;
+    let r = app
+        .post(
+            "/circles",
+            &json!({"name": "solo", "members": [{"agent_id": lead["id"], "role": "lead"}]}),
+            Some(&token),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let cid: String = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let impatient = app
+        .client
+        .post(app.url(&format!("/circles/{cid}/tasks")))
+        .bearer_auth(&token)
+        .json(&json!({"title": "Think slowly", "description": ""}))
+        .timeout(std::time::Duration::from_millis(150))
+        .send()
+        .await;
+    assert!(impatient.is_err(), "the client gave up before the answer");
+
+    let db = app.db_client().await;
+    let circle_id = uuid::Uuid::parse_str(&cid).unwrap();
+    let status = async || -> Option<String> {
+        db.query(
+            "SELECT status FROM agents.circle_tasks WHERE circle_id = $1",
+            &[&circle_id],
+        )
+        .await
+        .unwrap()
+        .first()
+        .map(|row| row.get(0))
+    };
+    // Wait until the task exists and is being worked on.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while status().await.as_deref() != Some("running") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the task never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    app.stop().await.unwrap();
+    assert_eq!(
+        status().await.as_deref(),
+        Some("succeeded"),
+        "the stop returned before the circle task finished"
+    );
+}

@@ -3,10 +3,11 @@
 use crate::error::ApiError;
 use crate::extract::{AuthUser, PageQuery};
 use crate::json::Json;
+use crate::state::AppState;
 use actix_web::{HttpResponse, web};
 use chrono::{DateTime, Utc};
 use gathering_domain::agents::{Agent, Memory, Usage};
-use gathering_llm::AgentService;
+
 use gathering_llm::service::{AgentInput, AgentPatchInput};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -136,11 +137,12 @@ pub struct MemoryPage {
     responses((status = 201, body = AgentResponse), (status = 422)), security(("bearer" = [])))]
 pub async fn create(
     user: AuthUser,
-    agents: web::Data<AgentService>,
+    state: web::Data<AppState>,
     body: Json<CreateAgentBody>,
 ) -> Result<HttpResponse, ApiError> {
     let b = body.into_inner();
-    let agent = agents
+    let agent = state
+        .agents
         .create(
             user.id,
             AgentInput {
@@ -160,10 +162,10 @@ pub async fn create(
     responses((status = 200, body = AgentPage)), security(("bearer" = [])))]
 pub async fn list(
     user: AuthUser,
-    agents: web::Data<AgentService>,
+    state: web::Data<AppState>,
     q: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let page = agents.list(user.id, q.to_page_request()?).await?;
+    let page = state.agents.list(user.id, q.to_page_request()?).await?;
     let page = page.map(AgentResponse::from);
     Ok(HttpResponse::Ok().json(AgentPage {
         items: page.items,
@@ -175,10 +177,10 @@ pub async fn list(
     responses((status = 200, body = AgentResponse), (status = 404)), security(("bearer" = [])))]
 pub async fn get(
     user: AuthUser,
-    agents: web::Data<AgentService>,
+    state: web::Data<AppState>,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
-    let agent = agents.get(user.id, id.into_inner()).await?;
+    let agent = state.agents.get(user.id, id.into_inner()).await?;
     Ok(HttpResponse::Ok().json(AgentResponse::from(agent)))
 }
 
@@ -187,12 +189,13 @@ pub async fn get(
     security(("bearer" = [])))]
 pub async fn patch(
     user: AuthUser,
-    agents: web::Data<AgentService>,
+    state: web::Data<AppState>,
     id: web::Path<Uuid>,
     body: Json<PatchAgentBody>,
 ) -> Result<HttpResponse, ApiError> {
     let b = body.into_inner();
-    let agent = agents
+    let agent = state
+        .agents
         .update(
             user.id,
             id.into_inner(),
@@ -213,10 +216,10 @@ pub async fn patch(
     responses((status = 204), (status = 404)), security(("bearer" = [])))]
 pub async fn delete(
     user: AuthUser,
-    agents: web::Data<AgentService>,
+    state: web::Data<AppState>,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
-    agents.delete(user.id, id.into_inner()).await?;
+    state.agents.delete(user.id, id.into_inner()).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -227,12 +230,13 @@ pub async fn delete(
     security(("bearer" = [])))]
 pub async fn chat(
     user: AuthUser,
-    agents: web::Data<AgentService>,
+    state: web::Data<AppState>,
     id: web::Path<Uuid>,
     body: Json<ChatBody>,
 ) -> Result<HttpResponse, ApiError> {
     let b = body.into_inner();
-    let out = agents
+    let out = state
+        .agents
         .chat(user.id, id.into_inner(), b.message, b.session_id)
         .await?;
     Ok(HttpResponse::Ok().json(ChatResponse {
@@ -247,11 +251,12 @@ pub async fn chat(
     security(("bearer" = [])))]
 pub async fn add_memory(
     user: AuthUser,
-    agents: web::Data<AgentService>,
+    state: web::Data<AppState>,
     id: web::Path<Uuid>,
     body: Json<MemoryBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let m = agents
+    let m = state
+        .agents
         .add_memory(user.id, id.into_inner(), body.into_inner().content)
         .await?;
     Ok(HttpResponse::Created().json(MemoryResponse::from(m)))
@@ -261,11 +266,12 @@ pub async fn add_memory(
     responses((status = 200, body = MemoryPage), (status = 404)), security(("bearer" = [])))]
 pub async fn list_memories(
     user: AuthUser,
-    agents: web::Data<AgentService>,
+    state: web::Data<AppState>,
     id: web::Path<Uuid>,
     q: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let page = agents
+    let page = state
+        .agents
         .list_memories(user.id, id.into_inner(), q.to_page_request()?)
         .await?
         .map(MemoryResponse::from);

@@ -3,9 +3,9 @@
 use crate::error::ApiError;
 use crate::extract::{AdminUser, AuthUser, PageQuery, request_meta};
 use crate::json::{Json, OptionalJson};
+use crate::state::AppState;
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
-use gathering_auth::AuthService;
 use gathering_domain::auth::{AuditEvent, AuditFilter, AuditKind, User};
 use gathering_domain::{FieldProblem, Page};
 use serde::{Deserialize, Serialize};
@@ -116,12 +116,18 @@ pub struct AuditQuery {
               (status = 429, description = "per-address limit (Retry-After)")))]
 pub async fn register(
     req: HttpRequest,
-    auth: web::Data<AuthService>,
+    state: web::Data<AppState>,
     body: Json<RegisterBody>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
-    let user = auth
-        .register(&body.email, body.password, body.name, &request_meta(&req))
+    let user = state
+        .auth
+        .register(
+            &body.email,
+            body.password,
+            body.name,
+            &request_meta(&req, &state.proxies),
+        )
         .await?;
     Ok(HttpResponse::Created().json(UserResponse::from(user)))
 }
@@ -131,12 +137,17 @@ pub async fn register(
               (status = 429, description = "too many failures")))]
 pub async fn login(
     req: HttpRequest,
-    auth: web::Data<AuthService>,
+    state: web::Data<AppState>,
     body: Json<LoginBody>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
-    let pair = auth
-        .login(&body.email, body.password, &request_meta(&req))
+    let pair = state
+        .auth
+        .login(
+            &body.email,
+            body.password,
+            &request_meta(&req, &state.proxies),
+        )
         .await?;
     Ok(HttpResponse::Ok().json(TokenResponse {
         access_token: pair.access_token,
@@ -151,11 +162,12 @@ pub async fn login(
               (status = 429, description = "per-address limit (Retry-After)")))]
 pub async fn refresh(
     req: HttpRequest,
-    auth: web::Data<AuthService>,
+    state: web::Data<AppState>,
     body: Json<RefreshBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let pair = auth
-        .refresh(&body.refresh_token, &request_meta(&req))
+    let pair = state
+        .auth
+        .refresh(&body.refresh_token, &request_meta(&req, &state.proxies))
         .await?;
     Ok(HttpResponse::Ok().json(TokenResponse {
         access_token: pair.access_token,
@@ -175,19 +187,21 @@ pub async fn refresh(
 pub async fn logout(
     req: HttpRequest,
     user: AuthUser,
-    auth: web::Data<AuthService>,
+    state: web::Data<AppState>,
     body: OptionalJson<LogoutBody>,
 ) -> Result<HttpResponse, ApiError> {
     let refresh = body.into_inner().and_then(|b| b.refresh_token);
-    auth.logout(&user.claims(), refresh, &request_meta(&req))
+    state
+        .auth
+        .logout(&user.claims(), refresh, &request_meta(&req, &state.proxies))
         .await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
 #[utoipa::path(get, path = "/api/v1/auth/me", tag = "auth",
     responses((status = 200, body = UserResponse), (status = 401)), security(("bearer" = [])))]
-pub async fn me(user: AuthUser, auth: web::Data<AuthService>) -> Result<HttpResponse, ApiError> {
-    let u = auth.me(&user.claims()).await?;
+pub async fn me(user: AuthUser, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let u = state.auth.me(&user.claims()).await?;
     Ok(HttpResponse::Ok().json(UserResponse::from(u)))
 }
 
@@ -196,7 +210,7 @@ pub async fn me(user: AuthUser, auth: web::Data<AuthService>) -> Result<HttpResp
               (status = 422, description = "unknown audit event")), security(("bearer" = [])))]
 pub async fn audit(
     _admin: AdminUser,
-    auth: web::Data<AuthService>,
+    state: web::Data<AppState>,
     q: web::Query<AuditQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let event = match q.event.as_deref() {
@@ -210,7 +224,8 @@ pub async fn audit(
         cursor: q.cursor.clone(),
     }
     .to_page_request()?;
-    let events: Page<AuditEvent> = auth
+    let events: Page<AuditEvent> = state
+        .auth
         .audit_events(
             AuditFilter {
                 event,

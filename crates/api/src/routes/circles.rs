@@ -4,10 +4,10 @@ use crate::error::ApiError;
 use crate::extract::AuthUser;
 use crate::json::Json;
 use crate::routes::agents::{AgentResponse, UsageResponse};
+use crate::state::AppState;
 use actix_web::{HttpResponse, web};
 use chrono::{DateTime, Utc};
 use gathering_domain::agents::{CircleDetail, CircleTaskDetail};
-use gathering_llm::CircleService;
 use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 use utoipa::ToSchema;
@@ -138,7 +138,7 @@ impl From<CircleTaskDetail> for TaskResponse {
     responses((status = 201, body = CircleResponse), (status = 422)), security(("bearer" = [])))]
 pub async fn create(
     user: AuthUser,
-    circles: web::Data<CircleService>,
+    state: web::Data<AppState>,
     body: Json<CreateCircleBody>,
 ) -> Result<HttpResponse, ApiError> {
     let b = body.into_inner();
@@ -147,8 +147,8 @@ pub async fn create(
         .into_iter()
         .map(|m| (m.agent_id, m.role))
         .collect();
-    let circle = circles.create(user.id, b.name, members).await?;
-    let detail = circles.get(user.id, circle.id).await?;
+    let circle = state.circles.create(user.id, b.name, members).await?;
+    let detail = state.circles.get(user.id, circle.id).await?;
     Ok(HttpResponse::Created().json(CircleResponse::from(detail)))
 }
 
@@ -157,10 +157,10 @@ pub async fn create(
     responses((status = 200, body = CircleResponse), (status = 404)), security(("bearer" = [])))]
 pub async fn get(
     user: AuthUser,
-    circles: web::Data<CircleService>,
+    state: web::Data<AppState>,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
-    let detail = circles.get(user.id, id.into_inner()).await?;
+    let detail = state.circles.get(user.id, id.into_inner()).await?;
     Ok(HttpResponse::Ok().json(CircleResponse::from(detail)))
 }
 
@@ -171,19 +171,20 @@ pub async fn get(
     security(("bearer" = [])))]
 pub async fn create_task(
     user: AuthUser,
-    circles: web::Data<CircleService>,
+    state: web::Data<AppState>,
     id: web::Path<Uuid>,
     body: Json<TaskBody>,
 ) -> Result<HttpResponse, ApiError> {
     let b = body.into_inner();
     // Worked on its own task: a client that disconnects (actix then drops this handler) must
-    // not leave the task `running` forever; it runs to its end and stays readable by id.
-    let svc = circles.into_inner();
+    // not leave the task `running` forever; it runs to its end and stays readable by id. The
+    // task is tracked ([`AppState::tasks`]): shutdown waits for it (bounded) before stopping.
+    let svc = state.circles.clone();
     let (owner, circle_id) = (user.id, id.into_inner());
-    let work = tokio::spawn(
+    let work = state.tasks.spawn(
         async move { svc.run_task(owner, circle_id, b.title, b.description).await }
             .instrument(tracing::Span::current()),
-    );
+    )?;
     let done = work
         .await
         .map_err(|e| ApiError::internal(format!("circle task worker: {e}")))??;
@@ -194,11 +195,11 @@ pub async fn create_task(
     responses((status = 200, body = TaskResponse), (status = 404)), security(("bearer" = [])))]
 pub async fn get_task(
     user: AuthUser,
-    circles: web::Data<CircleService>,
+    state: web::Data<AppState>,
     path: web::Path<(Uuid, Uuid)>,
 ) -> Result<HttpResponse, ApiError> {
     let (circle_id, task_id) = path.into_inner();
-    let detail = circles.get_task(user.id, task_id).await?;
+    let detail = state.circles.get_task(user.id, task_id).await?;
     if detail.task.circle_id != circle_id {
         return Err(ApiError::not_found());
     }

@@ -1,5 +1,6 @@
 //! Liveness and readiness.
 
+use crate::state::AppState;
 use actix_web::{HttpResponse, get, web};
 use async_trait::async_trait;
 use std::sync::Arc;
@@ -45,11 +46,11 @@ pub async fn live() -> HttpResponse {
 #[utoipa::path(get, path = "/health/ready", tag = "health",
     responses((status = 200, description = "ready"), (status = 503, description = "draining or database unreachable")))]
 #[get("/health/ready")]
-pub async fn ready(readiness: web::Data<Readiness>) -> HttpResponse {
-    if readiness.is_draining() {
+pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
+    if state.readiness.is_draining() {
         return unavailable("draining");
     }
-    match tokio::time::timeout(Duration::from_secs(2), readiness.probe.check()).await {
+    match tokio::time::timeout(Duration::from_secs(2), state.readiness.probe.check()).await {
         Ok(Ok(())) => HttpResponse::Ok().json(serde_json::json!({"status": "ready"})),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "readiness check failed");

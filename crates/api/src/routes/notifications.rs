@@ -2,6 +2,7 @@
 
 use crate::error::ApiError;
 use crate::extract::{AuthUser, PageQuery};
+use crate::state::AppState;
 use actix_web::{HttpResponse, web};
 use chrono::{DateTime, Utc};
 use gathering_domain::notifications::{Notification, NotificationRepository};
@@ -45,10 +46,11 @@ pub struct NotificationPage {
     responses((status = 200, body = NotificationPage)), security(("bearer" = [])))]
 pub async fn list(
     user: AuthUser,
-    repo: web::Data<Notifications>,
+    state: web::Data<AppState>,
     q: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let page = repo
+    let page = state
+        .notifications
         .list_for_user(user.id, q.to_page_request()?)
         .await?
         .map(NotificationResponse::from);
@@ -62,10 +64,10 @@ pub async fn list(
     responses((status = 204), (status = 404)), security(("bearer" = [])))]
 pub async fn mark_read(
     user: AuthUser,
-    repo: web::Data<Notifications>,
+    state: web::Data<AppState>,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
-    repo.mark_read(user.id, *id).await?;
+    state.notifications.mark_read(user.id, *id).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 

@@ -3,6 +3,7 @@
 
 use crate::error::ApiError;
 use crate::extract::{AuthUser, PageQuery};
+use crate::state::AppState;
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
@@ -10,7 +11,7 @@ use gathering_domain::FieldProblem;
 use gathering_domain::pipeline::{
     Edge, Node, NodeRun, Pipeline, PipelineDefinition, Run, RunDetail, RunError,
 };
-use gathering_pipeline::service::{CreatePipeline, PatchPipeline, PipelineService};
+use gathering_pipeline::service::{CreatePipeline, PatchPipeline};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
@@ -279,14 +280,15 @@ fn parse_body<T: DeserializeOwned>(req: &HttpRequest, body: &[u8]) -> Result<T, 
     security(("bearer" = [])))]
 pub async fn create(
     user: AuthUser,
-    svc: web::Data<PipelineService>,
+    state: web::Data<AppState>,
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let body = read_body(&req, payload, svc.limits().max_definition_bytes).await?;
+    let body = read_body(&req, payload, state.pipelines.limits().max_definition_bytes).await?;
     let b: CreatePipelineBody = parse_body(&req, &body)?;
     drop(body);
-    let p = svc
+    let p = state
+        .pipelines
         .create(
             user.id,
             CreatePipeline {
@@ -307,10 +309,11 @@ pub async fn create(
     responses((status = 200, body = PipelinePage)), security(("bearer" = [])))]
 pub async fn list(
     user: AuthUser,
-    svc: web::Data<PipelineService>,
+    state: web::Data<AppState>,
     q: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let page = svc
+    let page = state
+        .pipelines
         .list(user.id, q.to_page_request()?)
         .await?
         .map(PipelineResponse::from);
@@ -324,10 +327,10 @@ pub async fn list(
     responses((status = 200, body = PipelineResponse), (status = 404)), security(("bearer" = [])))]
 pub async fn get(
     user: AuthUser,
-    svc: web::Data<PipelineService>,
+    state: web::Data<AppState>,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
-    let p = svc.get(user.id, *id).await?;
+    let p = state.pipelines.get(user.id, *id).await?;
     Ok(HttpResponse::Ok().json(PipelineResponse::from(p)))
 }
 
@@ -336,15 +339,16 @@ pub async fn get(
     security(("bearer" = [])))]
 pub async fn update(
     user: AuthUser,
-    svc: web::Data<PipelineService>,
+    state: web::Data<AppState>,
     id: web::Path<Uuid>,
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let body = read_body(&req, payload, svc.limits().max_definition_bytes).await?;
+    let body = read_body(&req, payload, state.pipelines.limits().max_definition_bytes).await?;
     let b: PatchPipelineBody = parse_body(&req, &body)?;
     drop(body);
-    let p = svc
+    let p = state
+        .pipelines
         .update(
             user.id,
             *id,
@@ -364,10 +368,10 @@ pub async fn update(
     responses((status = 204), (status = 404)), security(("bearer" = [])))]
 pub async fn delete(
     user: AuthUser,
-    svc: web::Data<PipelineService>,
+    state: web::Data<AppState>,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
-    svc.delete(user.id, *id).await?;
+    state.pipelines.delete(user.id, *id).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -378,7 +382,7 @@ pub async fn delete(
     security(("bearer" = [])))]
 pub async fn start_run(
     user: AuthUser,
-    svc: web::Data<PipelineService>,
+    state: web::Data<AppState>,
     id: web::Path<Uuid>,
     req: HttpRequest,
     payload: web::Payload,
@@ -397,7 +401,7 @@ pub async fn start_run(
             "must be a JSON object",
         )]));
     }
-    let run = svc.start_run(user.id, *id, input).await?;
+    let run = state.pipelines.start_run(user.id, *id, input).await?;
     Ok(HttpResponse::Accepted().json(RunResponse::from(run)))
 }
 
@@ -405,11 +409,12 @@ pub async fn start_run(
     responses((status = 200, body = RunPage), (status = 404)), security(("bearer" = [])))]
 pub async fn list_runs(
     user: AuthUser,
-    svc: web::Data<PipelineService>,
+    state: web::Data<AppState>,
     id: web::Path<Uuid>,
     q: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let page = svc
+    let page = state
+        .pipelines
         .list_runs(user.id, *id, q.to_page_request()?)
         .await?
         .map(RunResponse::from);
@@ -423,10 +428,10 @@ pub async fn list_runs(
     responses((status = 200, body = RunResponse), (status = 404)), security(("bearer" = [])))]
 pub async fn get_run(
     user: AuthUser,
-    svc: web::Data<PipelineService>,
+    state: web::Data<AppState>,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
-    let d = svc.get_run(user.id, *id).await?;
+    let d = state.pipelines.get_run(user.id, *id).await?;
     Ok(HttpResponse::Ok().json(RunResponse::from(d)))
 }
 
@@ -435,10 +440,10 @@ pub async fn get_run(
     security(("bearer" = [])))]
 pub async fn cancel_run(
     user: AuthUser,
-    svc: web::Data<PipelineService>,
+    state: web::Data<AppState>,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
-    svc.cancel(user.id, *id).await?;
+    state.pipelines.cancel(user.id, *id).await?;
     Ok(HttpResponse::Accepted().json(serde_json::json!({"id": *id, "cancel_requested": true})))
 }
 

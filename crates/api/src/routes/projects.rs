@@ -3,6 +3,7 @@
 use crate::error::ApiError;
 use crate::extract::{AdminUser, AuthUser, PageQuery};
 use crate::json::Json;
+use crate::state::AppState;
 use actix_web::{HttpResponse, web};
 use chrono::{DateTime, Utc};
 use gathering_domain::FieldProblem;
@@ -20,9 +21,8 @@ pub const TREE_MAX_ENTRIES: usize = 1000;
 
 pub type Projects = Arc<dyn ProjectRepository>;
 
-/// The server's data directory (keys, the local cluster...), canonicalized. Optional app data
-/// (`web::Data<DataDir>`): when registered, a project whose root contains it, equals it or lies
-/// inside it is refused, so no project (and no agent tool working in one) can read
+/// The server's data directory (keys, the local cluster...), canonicalized ([`AppState::data_dir`]):
+/// a project whose root contains it, equals it or lies inside it is refused, so no project (and no agent tool working in one) can read
 /// `keys/token.key` and forge tokens.
 #[derive(Debug, Clone)]
 pub struct DataDir(pub PathBuf);
@@ -82,8 +82,7 @@ pub struct PathQuery {
     security(("bearer" = [])))]
 pub async fn create(
     admin: AdminUser,
-    projects: web::Data<Projects>,
-    data_dir: Option<web::Data<DataDir>>,
+    state: web::Data<AppState>,
     body: Json<CreateProjectBody>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
@@ -102,12 +101,12 @@ pub async fn create(
         })
         .await
         .map_err(ApiError::internal)?;
-        match (&canonical, &data_dir) {
-            (None, _) => problems.push(FieldProblem::new(
+        match &canonical {
+            None => problems.push(FieldProblem::new(
                 "/root_path",
                 "must be an existing directory on the server",
             )),
-            (Some(root), Some(data)) if overlaps_data_dir(root, &data.0) => {
+            Some(root) if overlaps_data_dir(root, &state.data_dir.0) => {
                 problems.push(FieldProblem::new(
                     "/root_path",
                     "must not contain, equal or lie inside the server's data directory",
@@ -123,7 +122,8 @@ pub async fn create(
     let (Some(root), true) = (root, problems.is_empty()) else {
         return Err(ApiError::validation(problems));
     };
-    let project = projects
+    let project = state
+        .projects
         .create(NewProject {
             name,
             root_path: root.to_string_lossy().into_owned(),
@@ -138,10 +138,11 @@ pub async fn create(
     responses((status = 200, body = ProjectPage)), security(("bearer" = [])))]
 pub async fn list(
     user: AuthUser,
-    projects: web::Data<Projects>,
+    state: web::Data<AppState>,
     q: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let page = projects
+    let page = state
+        .projects
         .list_for(user.id, user.is_admin(), q.to_page_request()?)
         .await?
         .map(ProjectResponse::from);
@@ -163,10 +164,10 @@ async fn usable(projects: &Projects, user: &AuthUser, id: Uuid) -> Result<Projec
     responses((status = 200, body = ProjectResponse), (status = 404)), security(("bearer" = [])))]
 pub async fn get(
     user: AuthUser,
-    projects: web::Data<Projects>,
+    state: web::Data<AppState>,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
-    let p = usable(&projects, &user, *id).await?;
+    let p = usable(&state.projects, &user, *id).await?;
     Ok(HttpResponse::Ok().json(ProjectResponse::from(p)))
 }
 
@@ -177,11 +178,11 @@ pub async fn get(
     security(("bearer" = [])))]
 pub async fn file(
     user: AuthUser,
-    projects: web::Data<Projects>,
+    state: web::Data<AppState>,
     id: web::Path<Uuid>,
     q: web::Query<PathQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let p = usable(&projects, &user, *id).await?;
+    let p = usable(&state.projects, &user, *id).await?;
     let content =
         gathering_tools::workspace::read_text(PathBuf::from(p.root_path), &q.path, MAX_FILE_BYTES)
             .await?;
@@ -194,11 +195,11 @@ pub async fn file(
     security(("bearer" = [])))]
 pub async fn tree(
     user: AuthUser,
-    projects: web::Data<Projects>,
+    state: web::Data<AppState>,
     id: web::Path<Uuid>,
     q: web::Query<PathQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let p = usable(&projects, &user, *id).await?;
+    let p = usable(&state.projects, &user, *id).await?;
     let listing = gathering_tools::workspace::list_tree(
         PathBuf::from(p.root_path),
         &q.path,

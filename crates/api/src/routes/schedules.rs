@@ -4,10 +4,11 @@
 use crate::error::ApiError;
 use crate::extract::{AuthUser, PageQuery};
 use crate::json::Json;
+use crate::state::AppState;
 use actix_web::{HttpResponse, web};
 use chrono::{DateTime, Utc};
 use gathering_domain::scheduler::{Execution, Schedule};
-use gathering_scheduler::{CreateSchedule, PatchSchedule, ScheduleService};
+use gathering_scheduler::{CreateSchedule, PatchSchedule};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -179,11 +180,12 @@ pub struct ExecutionPage {
     security(("bearer" = [])))]
 pub async fn create(
     user: AuthUser,
-    svc: web::Data<ScheduleService>,
+    state: web::Data<AppState>,
     body: Json<CreateScheduleBody>,
 ) -> Result<HttpResponse, ApiError> {
     let b = body.into_inner();
-    let s = svc
+    let s = state
+        .schedules
         .create(
             user.id,
             CreateSchedule {
@@ -207,10 +209,11 @@ pub async fn create(
     responses((status = 200, body = SchedulePage)), security(("bearer" = [])))]
 pub async fn list(
     user: AuthUser,
-    svc: web::Data<ScheduleService>,
+    state: web::Data<AppState>,
     q: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let page = svc
+    let page = state
+        .schedules
         .list(user.id, q.to_page_request()?)
         .await?
         .map(ScheduleResponse::from);
@@ -225,10 +228,10 @@ pub async fn list(
     responses((status = 200, body = ScheduleResponse), (status = 404)), security(("bearer" = [])))]
 pub async fn get(
     user: AuthUser,
-    svc: web::Data<ScheduleService>,
+    state: web::Data<AppState>,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
-    let s = svc.get(user.id, *id).await?;
+    let s = state.schedules.get(user.id, *id).await?;
     Ok(HttpResponse::Ok().json(ScheduleResponse::from(s)))
 }
 
@@ -238,12 +241,13 @@ pub async fn get(
     security(("bearer" = [])))]
 pub async fn update(
     user: AuthUser,
-    svc: web::Data<ScheduleService>,
+    state: web::Data<AppState>,
     id: web::Path<Uuid>,
     body: Json<PatchScheduleBody>,
 ) -> Result<HttpResponse, ApiError> {
     let b = body.into_inner();
-    let s = svc
+    let s = state
+        .schedules
         .update(
             user.id,
             *id,
@@ -269,10 +273,10 @@ pub async fn update(
     responses((status = 204), (status = 404)), security(("bearer" = [])))]
 pub async fn delete(
     user: AuthUser,
-    svc: web::Data<ScheduleService>,
+    state: web::Data<AppState>,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
-    svc.delete(user.id, *id).await?;
+    state.schedules.delete(user.id, *id).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -283,10 +287,10 @@ pub async fn delete(
     security(("bearer" = [])))]
 pub async fn run_now(
     user: AuthUser,
-    svc: web::Data<ScheduleService>,
+    state: web::Data<AppState>,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
-    let e = svc.run_now(user.id, *id).await?;
+    let e = state.schedules.run_now(user.id, *id).await?;
     Ok(HttpResponse::Accepted().json(ExecutionResponse::from(e)))
 }
 
@@ -295,11 +299,12 @@ pub async fn run_now(
     responses((status = 200, body = ExecutionPage), (status = 404)), security(("bearer" = [])))]
 pub async fn executions(
     user: AuthUser,
-    svc: web::Data<ScheduleService>,
+    state: web::Data<AppState>,
     id: web::Path<Uuid>,
     q: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let page = svc
+    let page = state
+        .schedules
         .executions(user.id, *id, q.to_page_request()?)
         .await?
         .map(ExecutionResponse::from);

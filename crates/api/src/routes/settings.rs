@@ -3,9 +3,9 @@
 use crate::error::ApiError;
 use crate::extract::AuthUser;
 use crate::json::Json;
+use crate::state::AppState;
 use actix_web::{HttpResponse, web};
 use gathering_domain::agents::Provider;
-use gathering_llm::SettingsService;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -41,13 +41,14 @@ pub struct ProviderSettingList {
     security(("bearer" = [])))]
 pub async fn put(
     user: AuthUser,
-    settings: web::Data<SettingsService>,
+    state: web::Data<AppState>,
     provider: web::Path<String>,
     body: Json<ProviderBody>,
 ) -> Result<HttpResponse, ApiError> {
     let provider = Provider::parse(&provider.into_inner()).ok_or_else(ApiError::not_found)?;
     let b = body.into_inner();
-    settings
+    state
+        .provider_settings
         .put(user.id, provider, b.api_key, b.base_url)
         .await?;
     Ok(HttpResponse::NoContent().finish())
@@ -55,11 +56,9 @@ pub async fn put(
 
 #[utoipa::path(get, path = "/settings/providers", tag = "settings",
     responses((status = 200, body = ProviderSettingList)), security(("bearer" = [])))]
-pub async fn list(
-    user: AuthUser,
-    settings: web::Data<SettingsService>,
-) -> Result<HttpResponse, ApiError> {
-    let items = settings
+pub async fn list(user: AuthUser, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let items = state
+        .provider_settings
         .list(user.id)
         .await?
         .into_iter()

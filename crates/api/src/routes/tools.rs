@@ -4,9 +4,9 @@ use crate::error::ApiError;
 use crate::extract::AuthUser;
 use crate::json::Json;
 use crate::middleware::RequestId;
+use crate::state::AppState;
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use gathering_domain::tools::ToolContext;
-use gathering_tools::ToolRegistry;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -45,8 +45,9 @@ pub struct InvokeResponse {
 
 #[utoipa::path(get, path = "/api/v1/tools", tag = "tools",
     responses((status = 200, body = [ToolInfo])), security(("bearer" = [])))]
-pub async fn list(_user: AuthUser, tools: web::Data<ToolRegistry>) -> HttpResponse {
-    let items: Vec<ToolInfo> = tools
+pub async fn list(_user: AuthUser, state: web::Data<AppState>) -> HttpResponse {
+    let items: Vec<ToolInfo> = state
+        .tools
         .list()
         .into_iter()
         .map(|s| ToolInfo {
@@ -72,7 +73,7 @@ pub async fn list(_user: AuthUser, tools: web::Data<ToolRegistry>) -> HttpRespon
 pub async fn invoke(
     user: AuthUser,
     req: HttpRequest,
-    tools: web::Data<ToolRegistry>,
+    state: web::Data<AppState>,
     name: web::Path<String>,
     body: Json<InvokeBody>,
 ) -> Result<HttpResponse, ApiError> {
@@ -88,7 +89,10 @@ pub async fn invoke(
         idempotency_key,
         request_id: req.extensions().get::<RequestId>().map(|r| r.0.clone()),
     };
-    let output = tools.invoke(&ctx, &name, body.into_inner().params).await?;
+    let output = state
+        .tools
+        .invoke(&ctx, &name, body.into_inner().params)
+        .await?;
     Ok(HttpResponse::Ok().json(InvokeResponse { output }))
 }
 

@@ -17,14 +17,14 @@
 
 use crate::error::ApiError;
 use crate::extract::{AuthUser, authenticate_token, bearer};
+use crate::state::AppState;
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use actix_ws::{CloseCode, CloseReason, Message, MessageStream, Session};
 use chrono::{DateTime, Utc};
-use gathering_auth::AuthService;
 use gathering_domain::ErrorCode;
 use gathering_domain::auth::RequestMeta;
-use gathering_events::{EventBus, Received, Shutdown, Subscription};
+use gathering_events::{EventBus, Received, Subscription};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -35,8 +35,7 @@ use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-/// Timing and limits of WebSocket connections. Optional app data (`web::Data<WsConfig>`);
-/// the defaults apply when it is not registered.
+/// Timing and limits of WebSocket connections ([`AppState::ws`]).
 #[derive(Debug, Clone)]
 pub struct WsConfig {
     /// How often the server pings.
@@ -214,16 +213,10 @@ pub async fn connect(
     req: HttpRequest,
     body: web::Payload,
     q: web::Query<WsQuery>,
-    bus: web::Data<EventBus>,
+    state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let config = req
-        .app_data::<web::Data<WsConfig>>()
-        .map(|c| c.get_ref().clone())
-        .unwrap_or_default();
-    let shutdown = req
-        .app_data::<web::Data<Shutdown>>()
-        .map(|s| s.0.clone())
-        .unwrap_or_default();
+    let config = state.ws.clone();
+    let shutdown = state.shutdown.clone();
     let token = q
         .access_token
         .clone()
@@ -233,7 +226,7 @@ pub async fn connect(
 
     // Verify a given token before upgrading, so a bad one is a plain 401.
     let user = match token {
-        Some(t) => Some(authenticate_token(&req, &t).await?),
+        Some(t) => Some(authenticate_token(&req, &state, &t).await?),
         None if is_upgrade(&req) => None,
         None => {
             return Err(ApiError::unauthorized(
@@ -270,7 +263,7 @@ pub async fn connect(
     }
     // Subscribe before answering, so the client sees every event published after the 101.
     let subscribed = user.map(|u| {
-        let sub = subscribe(&bus, u.id, replay);
+        let sub = subscribe(&state.bus, u.id, replay);
         (u, sub)
     });
 
@@ -281,15 +274,14 @@ pub async fn connect(
         )
     })?;
     let stream = stream.max_frame_size(config.max_frame_bytes);
-    let bus = bus.get_ref().clone();
-    let auth = req.app_data::<web::Data<AuthService>>().cloned();
+    let bus = state.bus.clone();
     actix_web::rt::spawn(async move {
         let conn = Connection {
             session,
             stream,
             config,
             shutdown,
-            auth,
+            state,
             slots,
         };
         // The request is kept only while the first message may still bring the token.
@@ -312,8 +304,8 @@ struct Connection {
     stream: MessageStream,
     config: WsConfig,
     shutdown: CancellationToken,
-    /// Source of revocations to watch (none in tests that do not register it).
-    auth: Option<web::Data<AuthService>>,
+    /// The auth service (revocations to watch, token checks).
+    state: web::Data<AppState>,
     /// Held for the connection's life (RAII).
     slots: Slots,
 }
@@ -394,7 +386,7 @@ impl Connection {
                             "expected {\"access_token\": \"...\"} first",
                         ));
                     };
-                    let user = authenticate_token(req, &auth.access_token)
+                    let user = authenticate_token(req, &self.state, &auth.access_token)
                         .await
                         .map_err(|_| End::Close(CloseCode::Policy, "invalid access token"))?;
                     return self.admit(user);
@@ -432,7 +424,7 @@ impl Connection {
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_seen = Instant::now();
         // Subscribe first, then check once: a revocation between the upgrade and now is seen.
-        let mut revocations = self.auth.as_ref().map(|a| a.subscribe_revocations());
+        let mut revocations = Some(self.state.auth.subscribe_revocations());
         if let Some(end) = self.revalidate(user).await {
             return end;
         }
@@ -493,8 +485,9 @@ impl Connection {
     /// Re-checks the session's token (revocation of its jti or family, the user's state):
     /// `Some(close 1008)` once it is no longer valid.
     async fn revalidate(&self, user: &AuthUser) -> Option<End> {
-        let auth = self.auth.as_ref()?;
-        match auth
+        match self
+            .state
+            .auth
             .check_claims(user.claims(), &RequestMeta::default())
             .await
         {

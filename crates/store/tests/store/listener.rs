@@ -240,3 +240,59 @@ async fn listener_keeps_retrying_an_unreachable_database_until_cancelled() {
     cancel.cancel();
     tokio::time::timeout(WAIT, listener.join()).await.unwrap();
 }
+
+/// Records what the fan-out hands it.
+#[derive(Default)]
+struct Recorder(std::sync::Mutex<Vec<ListenerEvent>>);
+
+#[async_trait::async_trait]
+impl gathering_domain::notify::ListenerConsumer for Recorder {
+    async fn on_listener_event(&self, event: &ListenerEvent) {
+        self.0.lock().unwrap().push(event.clone());
+    }
+}
+
+#[tokio::test]
+async fn the_fanout_feeds_every_consumer_and_its_handle_joins_the_listener_on_cancel() {
+    let db = TestDb::new().await.unwrap();
+    let cancel = CancellationToken::new();
+    let (listener, rx) = PgListener::spawn(
+        &db.url,
+        vec!["fanout_test".to_owned()],
+        fast_options(),
+        cancel.clone(),
+    )
+    .unwrap();
+    let mut watch = listener.subscribe();
+    let (a, b) = (
+        std::sync::Arc::new(Recorder::default()),
+        std::sync::Arc::new(Recorder::default()),
+    );
+    let consumers: Vec<std::sync::Arc<dyn gathering_domain::notify::ListenerConsumer>> =
+        vec![a.clone(), b.clone()];
+    let task = gathering_store::listener::spawn_fanout(listener, rx, consumers, cancel.clone());
+    expect_connected(&mut watch).await;
+    PgNotifier::new(db.pool.clone())
+        .notify("fanout_test", "hello")
+        .await
+        .unwrap();
+    let hello = ListenerEvent::Notification {
+        channel: "fanout_test".to_owned(),
+        payload: "hello".to_owned(),
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !(a.0.lock().unwrap().contains(&hello) && b.0.lock().unwrap().contains(&hello)) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the notification did not reach both consumers"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(a.0.lock().unwrap().first(), Some(&ListenerEvent::Connected));
+
+    cancel.cancel();
+    tokio::time::timeout(WAIT, task)
+        .await
+        .expect("the fan-out (and the listener it owns) stop on cancel")
+        .unwrap();
+}
