@@ -1,8 +1,9 @@
 //! [`PipelineRepository`] and [`RunRepository`] on PostgreSQL (schema `pipeline`).
 //!
 //! Runs are claimed with `FOR UPDATE SKIP LOCKED` under a lease (owner + expiry) that the
-//! executor extends by heartbeat; [`PgRunRepository::apply`] upserts a batch of node states and
-//! updates the run in ONE statement, guarded by the lease.
+//! executor extends by heartbeat; `apply` upserts a run's node states and updates the run in ONE
+//! statement, guarded by the lease, and `apply_many` commits the transitions of many runs in ONE
+//! transaction (group commit; a lost lease is refused per run).
 
 use crate::error::{db_err, invalid};
 use crate::page::query_page;
@@ -12,12 +13,12 @@ use chrono::{DateTime, Utc};
 use gathering_domain::pipeline::{
     CancelOutcome, ClaimedRun, HeldLease, NewPipeline, NodeRun, NodeStatus, Pipeline,
     PipelineDefinition, PipelineRepository, PipelineUpdate, RescueReport, Run, RunCommit,
-    RunDetail, RunError, RunRepository, RunStatus,
+    RunDetail, RunError, RunRepository, RunStatus, RunTransition,
 };
 use gathering_domain::{Page, PageRequest, RepoError};
 use serde_json::Value;
 use std::collections::HashMap;
-use tokio_postgres::Row;
+use tokio_postgres::{GenericClient, Row, Statement};
 use uuid::Uuid;
 
 fn to_json<T: serde::Serialize>(column: &'static str, v: &T) -> Result<Value, RepoError> {
@@ -542,9 +543,15 @@ impl RunRepository for PgRunRepository {
         let c = conn(&self.pool).await?;
         let stmt = c
             .prepare_cached(
-                "UPDATE pipeline.runs SET lease_expires_at = $3
-                 WHERE id = ANY($1) AND lease_owner = $2
-                 RETURNING id, cancel_requested",
+                // Rows locked in id order, as `apply_many` takes them: no deadlock between a
+                // heartbeat and a batch of transitions that end runs.
+                "WITH l AS (
+                     SELECT id FROM pipeline.runs
+                     WHERE id = ANY($1) AND lease_owner = $2
+                     ORDER BY id FOR NO KEY UPDATE)
+                 UPDATE pipeline.runs r SET lease_expires_at = $3
+                 FROM l WHERE r.id = l.id AND r.lease_owner = $2
+                 RETURNING r.id, r.cancel_requested",
             )
             .await
             .map_err(db_err)?;
@@ -569,132 +576,20 @@ impl RunRepository for PgRunRepository {
         nodes: &[NodeRun],
         commit: RunCommit,
     ) -> Result<(), RepoError> {
-        // One row per node (the last state wins) so the upsert touches each row once.
-        let mut last: Vec<&NodeRun> = Vec::with_capacity(nodes.len());
-        let mut at: HashMap<&str, usize> = HashMap::with_capacity(nodes.len());
-        for n in nodes {
-            match at.get(n.node_id.as_str()) {
-                Some(&i) => last[i] = n,
-                None => {
-                    at.insert(n.node_id.as_str(), last.len());
-                    last.push(n);
-                }
-            }
-        }
-        let ids: Vec<&str> = last.iter().map(|n| n.node_id.as_str()).collect();
-        let statuses: Vec<&str> = last.iter().map(|n| n.status.as_str()).collect();
-        let attempts: Vec<i32> = last.iter().map(|n| n.attempts).collect();
-        let outputs: Vec<Option<Value>> = last.iter().map(|n| n.output.clone()).collect();
-        let errors: Vec<Option<Value>> = last
+        let mut results = self.apply_batch(owner, &[(run_id, nodes, &commit)]).await?;
+        results.pop().unwrap_or(Ok(()))
+    }
+
+    async fn apply_many(
+        &self,
+        owner: Uuid,
+        batch: &[RunTransition],
+    ) -> Result<Vec<Result<(), RepoError>>, RepoError> {
+        let items: Vec<(Uuid, &[NodeRun], &RunCommit)> = batch
             .iter()
-            .map(|n| {
-                n.error
-                    .as_ref()
-                    .map(|e| to_json("node_runs.error", e))
-                    .transpose()
-            })
-            .collect::<Result<_, _>>()?;
-        let started: Vec<Option<DateTime<Utc>>> = last.iter().map(|n| n.started_at).collect();
-        let finished: Vec<Option<DateTime<Utc>>> = last.iter().map(|n| n.finished_at).collect();
-        let wake: Vec<Option<DateTime<Utc>>> = last.iter().map(|n| n.wake_at).collect();
-        let (mode, status, output, error, at, due_at): (
-            &str,
-            Option<&str>,
-            Option<Value>,
-            Option<Value>,
-            Option<DateTime<Utc>>,
-            Option<DateTime<Utc>>,
-        ) = match &commit {
-            RunCommit::Nodes => ("nodes", None, None, None, None, None),
-            RunCommit::Finish {
-                status,
-                output,
-                error,
-                at,
-            } => (
-                "finish",
-                Some(status.as_str()),
-                output.clone(),
-                error
-                    .as_ref()
-                    .map(|e| to_json("runs.error", e))
-                    .transpose()?,
-                Some(*at),
-                None,
-            ),
-            RunCommit::Release { due_at } => ("release", None, None, None, None, *due_at),
-            RunCommit::Interrupted => ("interrupt", None, None, None, None, None),
-        };
-        let c = conn(&self.pool).await?;
-        let stmt = c
-            .prepare_cached(
-                "WITH held AS (
-                     SELECT id FROM pipeline.runs WHERE id = $1 AND lease_owner = $2),
-                 nodes AS (
-                     INSERT INTO pipeline.node_runs AS n
-                         (run_id, node_id, status, attempts, output, error, started_at, finished_at, wake_at)
-                     SELECT held.id, t.node_id, t.status, t.attempts, t.output, t.error,
-                            t.started_at, t.finished_at, t.wake_at
-                     FROM held, unnest($3::text[], $4::text[], $5::int4[], $6::jsonb[], $7::jsonb[],
-                                       $8::timestamptz[], $9::timestamptz[], $10::timestamptz[])
-                          AS t(node_id, status, attempts, output, error, started_at, finished_at, wake_at)
-                     ON CONFLICT (run_id, node_id) DO UPDATE SET
-                         status = EXCLUDED.status, attempts = EXCLUDED.attempts,
-                         output = EXCLUDED.output, error = EXCLUDED.error,
-                         started_at = COALESCE(n.started_at, EXCLUDED.started_at),
-                         finished_at = EXCLUDED.finished_at, wake_at = EXCLUDED.wake_at
-                     RETURNING 1),
-                 run AS (
-                     UPDATE pipeline.runs r SET
-                         status = CASE WHEN $11::text = 'finish' THEN $12::text ELSE r.status END,
-                         output = CASE WHEN $11::text = 'finish' THEN $13::jsonb ELSE r.output END,
-                         error = CASE WHEN $11::text = 'finish' THEN $14::jsonb ELSE r.error END,
-                         finished_at = CASE WHEN $11::text = 'finish' THEN $15::timestamptz
-                                            ELSE r.finished_at END,
-                         due_at = CASE WHEN $11::text = 'release' THEN $16::timestamptz ELSE NULL END,
-                         rescue_count = CASE WHEN $11::text = 'interrupt' THEN r.rescue_count + 1
-                                             ELSE r.rescue_count END,
-                         lease_owner = NULL, lease_expires_at = NULL
-                     FROM held WHERE r.id = held.id AND $11::text <> 'nodes'
-                     RETURNING 1)
-                 SELECT (SELECT count(*) FROM held) AS held,
-                        set_config('synchronous_commit',
-                                   CASE WHEN $11::text = 'nodes' AND NOT $17::bool THEN 'off'
-                                        ELSE current_setting('synchronous_commit') END,
-                                   true) AS sync",
-            )
-            .await
-            .map_err(db_err)?;
-        let row = c
-            .query_one(
-                &stmt,
-                &[
-                    &run_id,
-                    &owner,
-                    &ids,
-                    &statuses,
-                    &attempts,
-                    &outputs,
-                    &errors,
-                    &started,
-                    &finished,
-                    &wake,
-                    &mode,
-                    &status,
-                    &output,
-                    &error,
-                    &at,
-                    &due_at,
-                    &self.synchronous_transitions,
-                ],
-            )
-            .await
-            .map_err(db_err)?;
-        let held: i64 = row.try_get("held").map_err(db_err)?;
-        if held == 0 {
-            return Err(RepoError::Conflict("lease".to_owned()));
-        }
-        Ok(())
+            .map(|t| (t.run_id, t.nodes.as_slice(), &t.commit))
+            .collect();
+        self.apply_batch(owner, &items).await
     }
 
     async fn request_cancel(
@@ -803,4 +698,222 @@ impl RunRepository for PgRunRepository {
         }
         Ok(report)
     }
+}
+
+/// The parameters of [`APPLY_SQL`] for one run's transition, owned.
+struct ApplyParams {
+    ids: Vec<String>,
+    statuses: Vec<&'static str>,
+    attempts: Vec<i32>,
+    outputs: Vec<Option<Value>>,
+    errors: Vec<Option<Value>>,
+    started: Vec<Option<DateTime<Utc>>>,
+    finished: Vec<Option<DateTime<Utc>>>,
+    wake: Vec<Option<DateTime<Utc>>>,
+    mode: &'static str,
+    status: Option<&'static str>,
+    output: Option<Value>,
+    error: Option<Value>,
+    at: Option<DateTime<Utc>>,
+    due_at: Option<DateTime<Utc>>,
+}
+
+impl ApplyParams {
+    fn new(nodes: &[NodeRun], commit: &RunCommit) -> Result<Self, RepoError> {
+        // One row per node (the last state wins) so the upsert touches each row once.
+        let mut last: Vec<&NodeRun> = Vec::with_capacity(nodes.len());
+        let mut at: HashMap<&str, usize> = HashMap::with_capacity(nodes.len());
+        for n in nodes {
+            match at.get(n.node_id.as_str()) {
+                Some(&i) => last[i] = n,
+                None => {
+                    at.insert(n.node_id.as_str(), last.len());
+                    last.push(n);
+                }
+            }
+        }
+        let errors = last
+            .iter()
+            .map(|n| {
+                n.error
+                    .as_ref()
+                    .map(|e| to_json("node_runs.error", e))
+                    .transpose()
+            })
+            .collect::<Result<_, _>>()?;
+        let mut p = ApplyParams {
+            ids: last.iter().map(|n| n.node_id.clone()).collect(),
+            statuses: last.iter().map(|n| n.status.as_str()).collect(),
+            attempts: last.iter().map(|n| n.attempts).collect(),
+            outputs: last.iter().map(|n| n.output.clone()).collect(),
+            errors,
+            started: last.iter().map(|n| n.started_at).collect(),
+            finished: last.iter().map(|n| n.finished_at).collect(),
+            wake: last.iter().map(|n| n.wake_at).collect(),
+            mode: "nodes",
+            status: None,
+            output: None,
+            error: None,
+            at: None,
+            due_at: None,
+        };
+        match commit {
+            RunCommit::Nodes => {}
+            RunCommit::Finish {
+                status,
+                output,
+                error,
+                at,
+            } => {
+                p.mode = "finish";
+                p.status = Some(status.as_str());
+                p.output = output.clone();
+                p.error = error
+                    .as_ref()
+                    .map(|e| to_json("runs.error", e))
+                    .transpose()?;
+                p.at = Some(*at);
+            }
+            RunCommit::Release { due_at } => {
+                p.mode = "release";
+                p.due_at = *due_at;
+            }
+            RunCommit::Interrupted => p.mode = "interrupt",
+        }
+        Ok(p)
+    }
+}
+
+/// One run's transition: upserts its node states and applies the run commit, only while the
+/// lease is held (`held` = 0 otherwise, and nothing is written). `$17` false lets the
+/// transaction commit without waiting for the WAL flush (only ever for node-only batches).
+const APPLY_SQL: &str = "WITH held AS (
+         SELECT id FROM pipeline.runs WHERE id = $1 AND lease_owner = $2),
+     nodes AS (
+         INSERT INTO pipeline.node_runs AS n
+             (run_id, node_id, status, attempts, output, error, started_at, finished_at, wake_at)
+         SELECT held.id, t.node_id, t.status, t.attempts, t.output, t.error,
+                t.started_at, t.finished_at, t.wake_at
+         FROM held, unnest($3::text[], $4::text[], $5::int4[], $6::jsonb[], $7::jsonb[],
+                           $8::timestamptz[], $9::timestamptz[], $10::timestamptz[])
+              AS t(node_id, status, attempts, output, error, started_at, finished_at, wake_at)
+         ON CONFLICT (run_id, node_id) DO UPDATE SET
+             status = EXCLUDED.status, attempts = EXCLUDED.attempts,
+             output = EXCLUDED.output, error = EXCLUDED.error,
+             started_at = COALESCE(n.started_at, EXCLUDED.started_at),
+             finished_at = EXCLUDED.finished_at, wake_at = EXCLUDED.wake_at
+         RETURNING 1),
+     run AS (
+         UPDATE pipeline.runs r SET
+             status = CASE WHEN $11::text = 'finish' THEN $12::text ELSE r.status END,
+             output = CASE WHEN $11::text = 'finish' THEN $13::jsonb ELSE r.output END,
+             error = CASE WHEN $11::text = 'finish' THEN $14::jsonb ELSE r.error END,
+             finished_at = CASE WHEN $11::text = 'finish' THEN $15::timestamptz
+                                ELSE r.finished_at END,
+             due_at = CASE WHEN $11::text = 'release' THEN $16::timestamptz ELSE NULL END,
+             rescue_count = CASE WHEN $11::text = 'interrupt' THEN r.rescue_count + 1
+                                 ELSE r.rescue_count END,
+             lease_owner = NULL, lease_expires_at = NULL
+         FROM held WHERE r.id = held.id AND $11::text <> 'nodes'
+         RETURNING 1)
+     SELECT (SELECT count(*) FROM held) AS held,
+            set_config('synchronous_commit',
+                       CASE WHEN $11::text = 'nodes' AND NOT $17::bool THEN 'off'
+                            ELSE current_setting('synchronous_commit') END,
+                       true) AS sync";
+
+impl PgRunRepository {
+    /// [`RunRepository::apply_many`]: the transitions in ONE transaction, one [`APPLY_SQL`]
+    /// statement per transition, pipelined on one connection (a batch of one is a single
+    /// autocommitted statement). Transitions are applied in run-id order (stable, so one run's
+    /// keep their order): row locks on `pipeline.runs` are then taken in the same order as
+    /// [`RunRepository::heartbeat`] takes them, so the two cannot deadlock.
+    async fn apply_batch(
+        &self,
+        owner: Uuid,
+        items: &[(Uuid, &[NodeRun], &RunCommit)],
+    ) -> Result<Vec<Result<(), RepoError>>, RepoError> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let params = items
+            .iter()
+            .map(|(_, nodes, commit)| ApplyParams::new(nodes, commit))
+            .collect::<Result<Vec<_>, _>>()?;
+        // Only a batch of node-only transitions may skip the flush wait: any claim-ending
+        // transition in it makes the whole commit synchronous.
+        let sync = self.synchronous_transitions
+            || items.iter().any(|(_, _, c)| !matches!(c, RunCommit::Nodes));
+        let mut order: Vec<usize> = (0..items.len()).collect();
+        order.sort_by_key(|&i| items[i].0);
+        let mut c = conn(&self.pool).await?;
+        let held: Vec<i64> = if items.len() == 1 {
+            let stmt = c.prepare_cached(APPLY_SQL).await.map_err(db_err)?;
+            let row = apply_one(&**c, &stmt, items[0].0, owner, &params[0], sync).await?;
+            vec![row]
+        } else {
+            let tx = c.transaction().await.map_err(db_err)?;
+            let stmt = tx.prepare_cached(APPLY_SQL).await.map_err(db_err)?;
+            // Issued together: tokio-postgres pipelines them (sent in this order, executed in
+            // this order), so the batch costs about one round trip plus one commit.
+            let answers = futures::future::join_all(
+                order
+                    .iter()
+                    .map(|&i| apply_one(&*tx, &stmt, items[i].0, owner, &params[i], sync)),
+            )
+            .await;
+            let mut held = vec![0i64; items.len()];
+            for (&i, a) in order.iter().zip(answers) {
+                held[i] = a?;
+            }
+            tx.commit().await.map_err(db_err)?;
+            held
+        };
+        Ok(held
+            .into_iter()
+            .map(|h| {
+                if h == 0 {
+                    Err(RepoError::Conflict("lease".to_owned()))
+                } else {
+                    Ok(())
+                }
+            })
+            .collect())
+    }
+}
+
+async fn apply_one<C: GenericClient>(
+    c: &C,
+    stmt: &Statement,
+    run_id: Uuid,
+    owner: Uuid,
+    p: &ApplyParams,
+    sync: bool,
+) -> Result<i64, RepoError> {
+    let row = c
+        .query_one(
+            stmt,
+            &[
+                &run_id,
+                &owner,
+                &p.ids,
+                &p.statuses,
+                &p.attempts,
+                &p.outputs,
+                &p.errors,
+                &p.started,
+                &p.finished,
+                &p.wake,
+                &p.mode,
+                &p.status,
+                &p.output,
+                &p.error,
+                &p.at,
+                &p.due_at,
+                &sync,
+            ],
+        )
+        .await
+        .map_err(db_err)?;
+    row.try_get("held").map_err(db_err)
 }
