@@ -1282,9 +1282,10 @@ impl Committer {
 
 /// A copy of a batch's error for each of its waiters (`RepoError` is not `Clone`).
 fn same_error(e: &RepoError) -> RepoError {
-    let text = |src: &(dyn std::error::Error + Send + Sync)| -> Box<dyn std::error::Error + Send + Sync> {
-        src.to_string().into()
-    };
+    let text =
+        |src: &(dyn std::error::Error + Send + Sync)| -> Box<dyn std::error::Error + Send + Sync> {
+            src.to_string().into()
+        };
     match e {
         RepoError::NotFound => RepoError::NotFound,
         RepoError::Conflict(s) => RepoError::Conflict(s.clone()),
@@ -1303,7 +1304,9 @@ fn transition_bytes(nodes: &[NodeRun], commit: &RunCommit) -> usize {
         .map(|n| {
             128 + n.node_id.len()
                 + n.output.as_ref().map_or(0, json)
-                + n.error.as_ref().map_or(0, |e| e.message.len() + e.code.len())
+                + n.error
+                    .as_ref()
+                    .map_or(0, |e| e.message.len() + e.code.len())
         })
         .sum();
     let run = match commit {

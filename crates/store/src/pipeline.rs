@@ -723,7 +723,12 @@ struct Wave {
 }
 
 impl Wave {
-    fn push(&mut self, run_id: Uuid, nodes: &[NodeRun], commit: &RunCommit) -> Result<(), RepoError> {
+    fn push(
+        &mut self,
+        run_id: Uuid,
+        nodes: &[NodeRun],
+        commit: &RunCommit,
+    ) -> Result<(), RepoError> {
         // One row per node (the last state wins) so the upsert touches each row once.
         let mut last: Vec<&NodeRun> = Vec::with_capacity(nodes.len());
         let mut at: HashMap<&str, usize> = HashMap::with_capacity(nodes.len());

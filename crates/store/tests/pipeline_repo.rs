@@ -575,8 +575,16 @@ async fn apply_many_keeps_the_order_of_one_runs_transitions() {
     // and for `y` a transition after its finish, which must be refused as it would be alone.
     let (first, second) = if x > y { (x, y) } else { (y, x) };
     let batch = vec![
-        t(first, vec![node("b", NodeStatus::Running, None)], RunCommit::Nodes),
-        t(second, vec![node("b", NodeStatus::Running, None)], RunCommit::Nodes),
+        t(
+            first,
+            vec![node("b", NodeStatus::Running, None)],
+            RunCommit::Nodes,
+        ),
+        t(
+            second,
+            vec![node("b", NodeStatus::Running, None)],
+            RunCommit::Nodes,
+        ),
         t(first, vec![b_retry.clone()], RunCommit::Nodes),
         t(second, vec![b_done.clone()], finish.clone()),
         t(first, vec![b_done.clone()], RunCommit::Nodes),
