@@ -3,8 +3,11 @@
 //! one `Executor`; plus the per-node overhead of a single run (one node at a time, so every
 //! transition's round trip is on the critical path).
 //!
+//! Every transition is durable (`synchronous_commit` on) unless `ASYNC=1`; the executor's group
+//! committer writes the transitions pending from all runs in one transaction per commit.
+//!
 //! `cargo bench -p gathering-benches --bench pipeline` (needs PostgreSQL at TEST_DATABASE_URL or
-//! 127.0.0.1:5432). Options via env: `RUNS` (100), `ROUNDS` (3), `POOL` (16), `ASYNC` (0; 1 commits
+//! 127.0.0.1:5432). Options via env: `RUNS` (100), `ROUNDS` (5), `POOL` (16), `ASYNC` (0; 1 commits
 //! intermediate node transitions without waiting for the WAL flush).
 
 use async_trait::async_trait;
@@ -57,7 +60,7 @@ fn chain_definition(nodes: usize) -> Result<PipelineDefinition, serde_json::Erro
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
     let runs_per_round = env_num("RUNS", 100);
-    let rounds = env_num("ROUNDS", 3);
+    let rounds = env_num("ROUNDS", 5);
     let nodes = 10;
     let db = TestDb::new().await?;
     let pool = db.pool.clone();
@@ -121,7 +124,7 @@ async fn main() -> anyhow::Result<()> {
         single_elapsed.as_secs_f64() * 1e3 / nodes as f64
     );
 
-    let mut best = 0.0f64;
+    let mut rates = Vec::with_capacity(rounds);
     for round in 1..=rounds {
         let mut ids = Vec::with_capacity(runs_per_round);
         for _ in 0..runs_per_round {
@@ -144,12 +147,17 @@ async fn main() -> anyhow::Result<()> {
         }
         let executions = (runs_per_round * nodes) as f64;
         let rate = executions / elapsed.as_secs_f64();
-        best = best.max(rate);
+        rates.push(rate);
         println!(
             "round {round}: {runs_per_round} concurrent runs x {nodes} nodes = {executions} durable node executions in {:.1} ms -> {rate:.0} node executions/s",
             elapsed.as_secs_f64() * 1e3
         );
     }
-    println!("best: {best:.0} node executions/s (goal >= 2000)");
+    rates.sort_by(f64::total_cmp);
+    let best = rates.last().copied().unwrap_or_default();
+    let median = rates.get(rates.len() / 2).copied().unwrap_or_default();
+    println!(
+        "median: {median:.0}, best: {best:.0} node executions/s (goal >= 5000, every transition durable unless ASYNC=1)"
+    );
     Ok(())
 }

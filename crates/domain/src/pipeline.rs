@@ -362,6 +362,15 @@ pub enum RunCommit {
     Interrupted,
 }
 
+/// One run's transition inside a batch ([`RunRepository::apply_many`]): node states to upsert
+/// and what happens to the run row, exactly the arguments of [`RunRepository::apply`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunTransition {
+    pub run_id: Uuid,
+    pub nodes: Vec<NodeRun>,
+    pub commit: RunCommit,
+}
+
 /// Outcome of a cancel request.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CancelOutcome {
@@ -460,6 +469,28 @@ pub trait RunRepository: Send + Sync {
         nodes: &[NodeRun],
         commit: RunCommit,
     ) -> Result<(), RepoError>;
+
+    /// Applies the transitions of several runs in ONE transaction (one commit, durable before
+    /// it answers, as `apply`), each as `apply` would and in the order given (so the transitions
+    /// of one run keep their order). Answers one result per transition: a run whose lease
+    /// `owner` does not hold gets `Conflict("lease")` while the others still commit. `Err`
+    /// when the batch as a whole failed (nothing of it is committed).
+    ///
+    /// The default applies them one by one (one commit each); stores override it.
+    async fn apply_many(
+        &self,
+        owner: Uuid,
+        batch: &[RunTransition],
+    ) -> Result<Vec<Result<(), RepoError>>, RepoError> {
+        let mut out = Vec::with_capacity(batch.len());
+        for t in batch {
+            out.push(
+                self.apply(t.run_id, owner, &t.nodes, t.commit.clone())
+                    .await,
+            );
+        }
+        Ok(out)
+    }
 
     /// Records a cancel request of the owner's run (see [`CancelOutcome`]).
     async fn request_cancel(

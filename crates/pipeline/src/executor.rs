@@ -8,9 +8,15 @@
 //! agent or tool node: the agent runner makes a single provider attempt) and the circuit breaker
 //! of the remote endpoint a network tool calls (`gathering_resilience::keys::tool`; pure built-in
 //! tools and agents have none here — an agent's provider breaker sits in the LLM transport, so a
-//! node passes through exactly one breaker). Every state change is
-//! persisted through `RunRepository::apply` — the completion of a node and the start of the
-//! nodes it unblocks go out in ONE round trip — and published as an event to the run's owner.
+//! node passes through exactly one breaker). Every state change is persisted through
+//! `RunRepository::apply_many` — the completion of a node and the start of the nodes it unblocks
+//! go out together — and published as an event to the run's owner.
+//!
+//! Group commit: every driver and node task of an instance hands its transitions to the
+//! instance's committer ([`Committer`]), which writes everything pending in ONE transaction and
+//! commits once, then wakes each waiter with its own result. A waiter proceeds only once its
+//! transition is committed (a node's children start after its success is durable; a cancel is
+//! reported after the cancelled state is durable). A run whose lease was lost is refused alone.
 //!
 //! Delay nodes are durable timers: when only timers remain, the run is released with a due
 //! time and the worker is free; whoever claims it when due continues. After a crash, completed
@@ -31,17 +37,17 @@ use gathering_domain::events::{Event, EventPublisher};
 use gathering_domain::notify::ListenerEvent;
 use gathering_domain::pipeline::{
     ClaimedRun, NodeRun, NodeStatus, NodeType, PipelineDefinition, RescueReport, RetryPolicy, Run,
-    RunCommit, RunError, RunRepository, RunStatus,
+    RunCommit, RunError, RunRepository, RunStatus, RunTransition,
 };
 use gathering_domain::tools::{ToolContext, ToolError, ToolInvoker};
 use gathering_domain::{Clock, ErrorCode, RepoError};
 use gathering_resilience::{BreakerConfig, Breakers, Outcome, keys};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{Notify, Semaphore, broadcast};
+use tokio::sync::{Notify, Semaphore, broadcast, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -83,6 +89,11 @@ pub struct ExecutorConfig {
     pub limits: Limits,
     /// Where conditions are evaluated (shared with the service's compile checks).
     pub cel_pool: CelPool,
+    /// Group commit: most run transitions written in one transaction.
+    pub commit_batch_max: usize,
+    /// Group commit: a batch stops growing past this many bytes of node outputs and errors (a
+    /// single transition larger than this still goes out, alone).
+    pub commit_batch_max_bytes: usize,
 }
 
 impl Default for ExecutorConfig {
@@ -104,6 +115,8 @@ impl Default for ExecutorConfig {
             default_node_timeout: Duration::from_secs(300),
             limits: Limits::default(),
             cel_pool: CelPool::default(),
+            commit_batch_max: 256,
+            commit_batch_max_bytes: 8 * 1024 * 1024,
         }
     }
 }
@@ -162,6 +175,7 @@ struct Inner {
     active: Mutex<HashMap<Uuid, RunControl>>,
     wake: Notify,
     drain: CancellationToken,
+    committer: Committer,
 }
 
 /// Cheap to clone; all clones share one instance (breakers, slots, active runs).
@@ -202,6 +216,7 @@ impl Executor {
                 active: Mutex::new(HashMap::new()),
                 wake: Notify::new(),
                 drain: CancellationToken::new(),
+                committer: Committer::default(),
             }),
         }
     }
@@ -1059,13 +1074,7 @@ impl Driver {
     /// (lease lost or storage failing: the lease expires and the rescuer requeues the run).
     async fn flush(&mut self, commit: RunCommit) -> bool {
         let nodes = std::mem::take(&mut self.pending);
-        match self
-            .inner
-            .deps
-            .runs
-            .apply(self.run.id, self.inner.instance_id, &nodes, commit)
-            .await
-        {
+        match Committer::commit(&self.inner, self.run.id, nodes, commit).await {
             Ok(()) => true,
             Err(RepoError::Conflict(_)) => {
                 warn!(run_id = %self.run.id, "lost the lease of a run; stopping work on it");
@@ -1152,6 +1161,169 @@ impl Driver {
             );
         }
     }
+}
+
+/// One submitted transition and its waiter.
+struct Submitted {
+    transition: RunTransition,
+    bytes: usize,
+    done: oneshot::Sender<Result<(), RepoError>>,
+}
+
+#[derive(Default)]
+struct CommitQueue {
+    pending: VecDeque<Submitted>,
+    /// A committer task is running (it takes what is pending until nothing is).
+    running: bool,
+}
+
+/// The instance's group committer. Transitions wait in a queue; one committer task at a time
+/// takes everything pending (up to `commit_batch_max` transitions and `commit_batch_max_bytes`),
+/// writes it with ONE `apply_many` (one transaction, one flush), answers every waiter, and
+/// repeats while anything is pending: transitions that arrive during a commit form the next
+/// batch. The task exists only while there is work, so there is nothing to stop on drain: a
+/// drained executor's last transitions (releases) are committed like any other, and the task
+/// ends when the queue is empty. The queue is bounded by the instance's concurrency: each run's
+/// driver and each node task waits on at most one transition at a time.
+#[derive(Default)]
+struct Committer {
+    queue: Mutex<CommitQueue>,
+}
+
+impl Committer {
+    /// Submits one run's transition and waits until it is committed (or refused, or failed).
+    async fn commit(
+        inner: &Arc<Inner>,
+        run_id: Uuid,
+        nodes: Vec<NodeRun>,
+        commit: RunCommit,
+    ) -> Result<(), RepoError> {
+        let bytes = transition_bytes(&nodes, &commit);
+        let (done, answer) = oneshot::channel();
+        let start = {
+            let mut q = inner.committer.queue.lock();
+            q.pending.push_back(Submitted {
+                transition: RunTransition {
+                    run_id,
+                    nodes,
+                    commit,
+                },
+                bytes,
+                done,
+            });
+            !std::mem::replace(&mut q.running, true)
+        };
+        if start {
+            tokio::spawn(Self::run(Arc::clone(inner)));
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err(RepoError::Other("the transition committer stopped".into())))
+    }
+
+    /// Takes the next batch; `None` (and the task ends) when nothing is pending.
+    fn next_batch(inner: &Inner) -> Option<Vec<Submitted>> {
+        let mut q = inner.committer.queue.lock();
+        if q.pending.is_empty() {
+            q.running = false;
+            return None;
+        }
+        let max = inner.cfg.commit_batch_max.max(1);
+        let max_bytes = inner.cfg.commit_batch_max_bytes;
+        let mut batch = Vec::new();
+        let mut bytes = 0usize;
+        while let Some(next) = q.pending.front() {
+            if !batch.is_empty() && (batch.len() >= max || bytes + next.bytes > max_bytes) {
+                break;
+            }
+            bytes += next.bytes;
+            if let Some(s) = q.pending.pop_front() {
+                batch.push(s);
+            }
+        }
+        Some(batch)
+    }
+
+    async fn run(inner: Arc<Inner>) {
+        // If this task dies (panic in a store), the next submission must start another one,
+        // and whoever waits here must not wait forever.
+        struct Reset<'a>(&'a Inner);
+        impl Drop for Reset<'_> {
+            fn drop(&mut self) {
+                let mut q = self.0.committer.queue.lock();
+                if q.running && std::thread::panicking() {
+                    q.pending.clear();
+                    q.running = false;
+                }
+            }
+        }
+        let _reset = Reset(&inner);
+        while let Some(batch) = Self::next_batch(&inner) {
+            let (transitions, waiters): (Vec<_>, Vec<_>) =
+                batch.into_iter().map(|s| (s.transition, s.done)).unzip();
+            match inner
+                .deps
+                .runs
+                .apply_many(inner.instance_id, &transitions)
+                .await
+            {
+                Ok(results) if results.len() == waiters.len() => {
+                    for (done, r) in waiters.into_iter().zip(results) {
+                        let _ = done.send(r);
+                    }
+                }
+                Ok(_) => {
+                    for done in waiters {
+                        let _ = done.send(Err(RepoError::Other(
+                            "the store answered a batch of transitions incompletely".into(),
+                        )));
+                    }
+                }
+                Err(e) => {
+                    debug!(error = %e, count = waiters.len(), "a batch of run transitions failed");
+                    for done in waiters {
+                        let _ = done.send(Err(same_error(&e)));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A copy of a batch's error for each of its waiters (`RepoError` is not `Clone`).
+fn same_error(e: &RepoError) -> RepoError {
+    let text =
+        |src: &(dyn std::error::Error + Send + Sync)| -> Box<dyn std::error::Error + Send + Sync> {
+            src.to_string().into()
+        };
+    match e {
+        RepoError::NotFound => RepoError::NotFound,
+        RepoError::Conflict(s) => RepoError::Conflict(s.clone()),
+        RepoError::Unavailable(src) => RepoError::Unavailable(text(src.as_ref())),
+        RepoError::Other(src) => RepoError::Other(text(src.as_ref())),
+        RepoError::Invalid(s) => RepoError::Invalid(s.clone()),
+        RepoError::QuotaExceeded(s) => RepoError::QuotaExceeded(s.clone()),
+    }
+}
+
+/// About how many bytes a transition sends (what the batch byte bound counts).
+fn transition_bytes(nodes: &[NodeRun], commit: &RunCommit) -> usize {
+    let json = |v: &Value| json_size_within(v, usize::MAX).unwrap_or(0);
+    let nodes: usize = nodes
+        .iter()
+        .map(|n| {
+            128 + n.node_id.len()
+                + n.output.as_ref().map_or(0, json)
+                + n.error
+                    .as_ref()
+                    .map_or(0, |e| e.message.len() + e.code.len())
+        })
+        .sum();
+    let run = match commit {
+        RunCommit::Finish { output, .. } => output.as_ref().map_or(0, json),
+        _ => 0,
+    };
+    64 + nodes + run
 }
 
 async fn sleep_opt(d: Option<Duration>) {
@@ -1266,12 +1438,8 @@ impl NodeExec {
             finished_at: None,
             wake_at: None,
         };
-        if let Err(e) = self
-            .inner
-            .deps
-            .runs
-            .apply(self.run_id, self.inner.instance_id, &[nr], RunCommit::Nodes)
-            .await
+        if let Err(e) =
+            Committer::commit(&self.inner, self.run_id, vec![nr], RunCommit::Nodes).await
         {
             debug!(error = %e, "recording a retry failed");
         }

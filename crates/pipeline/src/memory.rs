@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use gathering_domain::pipeline::{
     CancelOutcome, ClaimedRun, HeldLease, NewPipeline, NodeRun, NodeStatus, Pipeline,
     PipelineDefinition, PipelineRepository, PipelineUpdate, RescueReport, Run, RunCommit,
-    RunDetail, RunError, RunRepository, RunStatus,
+    RunDetail, RunError, RunRepository, RunStatus, RunTransition,
 };
 use gathering_domain::{Page, PageRequest, RepoError};
 use parking_lot::Mutex;
@@ -318,53 +318,20 @@ impl RunRepository for MemoryStore {
         nodes: &[NodeRun],
         commit: RunCommit,
     ) -> Result<(), RepoError> {
+        apply_one(&mut self.state.lock(), run_id, owner, nodes, commit)
+    }
+
+    /// All transitions under one lock: atomic, in order, a lost lease refused per run.
+    async fn apply_many(
+        &self,
+        owner: Uuid,
+        batch: &[RunTransition],
+    ) -> Result<Vec<Result<(), RepoError>>, RepoError> {
         let mut s = self.state.lock();
-        let Some(r) = s
-            .runs
-            .get_mut(&run_id)
-            .filter(|r| r.lease_owner == Some(owner))
-        else {
-            return Err(RepoError::Conflict("lease".to_owned()));
-        };
-        for n in nodes {
-            match r.nodes.iter_mut().find(|x| x.node_id == n.node_id) {
-                Some(x) => {
-                    let started = x.started_at;
-                    *x = n.clone();
-                    x.started_at = started.or(n.started_at);
-                }
-                None => r.nodes.push(n.clone()),
-            }
-        }
-        match commit {
-            RunCommit::Nodes => {}
-            RunCommit::Finish {
-                status,
-                output,
-                error,
-                at,
-            } => {
-                r.run.status = status;
-                r.run.output = output;
-                r.run.error = error;
-                r.run.finished_at = Some(at);
-                r.lease_owner = None;
-                r.lease_expires_at = None;
-                r.due_at = None;
-            }
-            RunCommit::Release { due_at } => {
-                r.lease_owner = None;
-                r.lease_expires_at = None;
-                r.due_at = due_at;
-            }
-            RunCommit::Interrupted => {
-                r.lease_owner = None;
-                r.lease_expires_at = None;
-                r.due_at = None;
-                r.rescue_count += 1;
-            }
-        }
-        Ok(())
+        Ok(batch
+            .iter()
+            .map(|t| apply_one(&mut s, t.run_id, owner, &t.nodes, t.commit.clone()))
+            .collect())
     }
 
     async fn request_cancel(
@@ -433,4 +400,60 @@ impl RunRepository for MemoryStore {
         }
         Ok(report)
     }
+}
+
+/// [`RunRepository::apply`] on the locked state.
+fn apply_one(
+    s: &mut MemState,
+    run_id: Uuid,
+    owner: Uuid,
+    nodes: &[NodeRun],
+    commit: RunCommit,
+) -> Result<(), RepoError> {
+    let Some(r) = s
+        .runs
+        .get_mut(&run_id)
+        .filter(|r| r.lease_owner == Some(owner))
+    else {
+        return Err(RepoError::Conflict("lease".to_owned()));
+    };
+    for n in nodes {
+        match r.nodes.iter_mut().find(|x| x.node_id == n.node_id) {
+            Some(x) => {
+                let started = x.started_at;
+                *x = n.clone();
+                x.started_at = started.or(n.started_at);
+            }
+            None => r.nodes.push(n.clone()),
+        }
+    }
+    match commit {
+        RunCommit::Nodes => {}
+        RunCommit::Finish {
+            status,
+            output,
+            error,
+            at,
+        } => {
+            r.run.status = status;
+            r.run.output = output;
+            r.run.error = error;
+            r.run.finished_at = Some(at);
+            r.lease_owner = None;
+            r.lease_expires_at = None;
+            r.due_at = None;
+        }
+        RunCommit::Release { due_at } => {
+            r.lease_owner = None;
+            r.lease_expires_at = None;
+            r.due_at = due_at;
+        }
+        RunCommit::Interrupted => {
+            r.lease_owner = None;
+            r.lease_expires_at = None;
+            r.due_at = None;
+            r.rescue_count += 1;
+        }
+    }
+    Ok(())
 }

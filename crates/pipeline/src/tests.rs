@@ -1658,3 +1658,207 @@ async fn too_many_template_references_or_nodes_are_refused_when_stored() {
     assert_eq!(fields, vec!["/nodes"]);
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+/// The in-memory store behind a group-commit probe: records each batch of `apply_many` (its
+/// run ids), holds the first batch open for a while (so transitions of other runs queue up
+/// behind it), and can be told to fail every batch.
+struct BatchProbe {
+    inner: Arc<MemoryStore>,
+    batches: Mutex<Vec<Vec<Uuid>>>,
+    fail: AtomicBool,
+}
+
+#[async_trait]
+impl gathering_domain::pipeline::RunRepository for BatchProbe {
+    async fn create_run(
+        &self,
+        owner_id: Uuid,
+        pipeline_id: Uuid,
+        input: Value,
+        now: chrono::DateTime<Utc>,
+    ) -> Result<Option<gathering_domain::pipeline::Run>, RepoError> {
+        self.inner
+            .create_run(owner_id, pipeline_id, input, now)
+            .await
+    }
+    async fn get_run(&self, owner_id: Uuid, run_id: Uuid) -> Result<Option<RunDetail>, RepoError> {
+        self.inner.get_run(owner_id, run_id).await
+    }
+    async fn list_runs(
+        &self,
+        owner_id: Uuid,
+        pipeline_id: Uuid,
+        page: PageRequest,
+    ) -> Result<Option<gathering_domain::Page<gathering_domain::pipeline::Run>>, RepoError> {
+        self.inner.list_runs(owner_id, pipeline_id, page).await
+    }
+    async fn claim(
+        &self,
+        owner: Uuid,
+        now: chrono::DateTime<Utc>,
+        lease_until: chrono::DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<gathering_domain::pipeline::ClaimedRun>, RepoError> {
+        self.inner.claim(owner, now, lease_until, limit).await
+    }
+    async fn heartbeat(
+        &self,
+        owner: Uuid,
+        run_ids: &[Uuid],
+        lease_until: chrono::DateTime<Utc>,
+    ) -> Result<Vec<gathering_domain::pipeline::HeldLease>, RepoError> {
+        self.inner.heartbeat(owner, run_ids, lease_until).await
+    }
+    async fn apply(
+        &self,
+        run_id: Uuid,
+        owner: Uuid,
+        nodes: &[NodeRun],
+        commit: gathering_domain::pipeline::RunCommit,
+    ) -> Result<(), RepoError> {
+        self.apply_many(
+            owner,
+            &[gathering_domain::pipeline::RunTransition {
+                run_id,
+                nodes: nodes.to_vec(),
+                commit,
+            }],
+        )
+        .await?
+        .pop()
+        .unwrap()
+    }
+    async fn apply_many(
+        &self,
+        owner: Uuid,
+        batch: &[gathering_domain::pipeline::RunTransition],
+    ) -> Result<Vec<Result<(), RepoError>>, RepoError> {
+        let first = {
+            let mut b = self.batches.lock();
+            b.push(batch.iter().map(|t| t.run_id).collect());
+            b.len() == 1
+        };
+        if first {
+            // Single-threaded runtime: every other ready driver runs (and submits) meanwhile.
+            for _ in 0..200 {
+                tokio::task::yield_now().await;
+            }
+        }
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(RepoError::Unavailable("the database is away".into()));
+        }
+        self.inner.apply_many(owner, batch).await
+    }
+    async fn request_cancel(
+        &self,
+        owner_id: Uuid,
+        run_id: Uuid,
+        now: chrono::DateTime<Utc>,
+    ) -> Result<Option<gathering_domain::pipeline::CancelOutcome>, RepoError> {
+        self.inner.request_cancel(owner_id, run_id, now).await
+    }
+    async fn rescue_stale(
+        &self,
+        now: chrono::DateTime<Utc>,
+        max_rescues: u32,
+    ) -> Result<gathering_domain::pipeline::RescueReport, RepoError> {
+        self.inner.rescue_stale(now, max_rescues).await
+    }
+}
+
+/// Eight runs of a three-node chain, executed by an executor whose store is a [`BatchProbe`].
+async fn probed_runs(fail: bool) -> (Arc<BatchProbe>, PipelineService, Uuid, Vec<Uuid>) {
+    let store = Arc::new(MemoryStore::new());
+    let probe = Arc::new(BatchProbe {
+        inner: store.clone(),
+        batches: Mutex::new(Vec::new()),
+        fail: AtomicBool::new(fail),
+    });
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let events = Arc::new(RecEvents::default());
+    let svc = PipelineService::new(store.clone(), store, events.clone(), None, clock.clone());
+    let exec = Executor::new(
+        ExecutorDeps {
+            runs: probe.clone(),
+            tools: Arc::new(FakeTools::default()),
+            agents: None,
+            events,
+            clock,
+        },
+        cfg(),
+    );
+    let owner = Uuid::now_v7();
+    let definition: PipelineDefinition = serde_json::from_value(json!({
+        "nodes": [{"id": "start", "type": "trigger"},
+                  action("a", "echo", json!({"x": 1})),
+                  action("b", "echo", json!({"y": "{{nodes.a.output.x}}"}))],
+        "edges": [{"from": "start", "to": "a"}, {"from": "a", "to": "b"}]
+    }))
+    .unwrap();
+    let p = svc
+        .create(
+            owner,
+            CreatePipeline {
+                name: "p".into(),
+                description: None,
+                definition,
+            },
+        )
+        .await
+        .unwrap();
+    let mut runs = Vec::new();
+    for _ in 0..8 {
+        runs.push(svc.start_run(owner, p.id, json!({})).await.unwrap().id);
+    }
+    tokio::time::timeout(LIMIT, exec.run_until_idle())
+        .await
+        .unwrap()
+        .unwrap();
+    (probe, svc, owner, runs)
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn transitions_of_concurrent_runs_are_committed_together() {
+    let (probe, svc, owner, runs) = probed_runs(false).await;
+    for run in &runs {
+        let d = svc.get_run(owner, *run).await.unwrap();
+        assert_eq!(d.run.status, RunStatus::Succeeded, "{:?}", d.run.error);
+        assert_eq!(
+            d.all_nodes()
+                .iter()
+                .find(|n| n.node_id == "b")
+                .unwrap()
+                .output,
+            Some(json!({"y": 1})),
+            "b ran after a's output was committed"
+        );
+    }
+    let batches = probe.batches.lock().clone();
+    let widest = batches.iter().map(Vec::len).max().unwrap();
+    assert!(
+        widest >= runs.len(),
+        "the runs that queued behind the first commit went out in one batch: {batches:?}"
+    );
+    // Each run: start+a (1), a's success + b started (2), b + finish (3) — never more commits
+    // than that, however they were grouped.
+    let total: usize = batches.iter().map(Vec::len).sum();
+    assert_eq!(total, runs.len() * 3, "{batches:?}");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_failed_batch_fails_each_waiter_and_leaves_its_runs_to_the_rescuer() {
+    let (probe, svc, owner, runs) = probed_runs(true).await;
+    assert!(!probe.batches.lock().is_empty());
+    for run in &runs {
+        let d = svc.get_run(owner, *run).await.unwrap();
+        // Nothing was committed: still running under the (now idle) lease, no node recorded.
+        assert_eq!(d.run.status, RunStatus::Running);
+        assert!(
+            d.all_nodes()
+                .iter()
+                .all(|n| n.status == NodeStatus::Pending),
+            "{:?}",
+            d.all_nodes()
+        );
+    }
+}

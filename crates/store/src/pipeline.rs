@@ -1,8 +1,9 @@
 //! [`PipelineRepository`] and [`RunRepository`] on PostgreSQL (schema `pipeline`).
 //!
 //! Runs are claimed with `FOR UPDATE SKIP LOCKED` under a lease (owner + expiry) that the
-//! executor extends by heartbeat; [`PgRunRepository::apply`] upserts a batch of node states and
-//! updates the run in ONE statement, guarded by the lease.
+//! executor extends by heartbeat; `apply` upserts a run's node states and updates the run in ONE
+//! statement, guarded by the lease, and `apply_many` commits the transitions of many runs in ONE
+//! transaction (group commit; a lost lease is refused per run).
 
 use crate::error::{db_err, invalid};
 use crate::page::query_page;
@@ -12,12 +13,12 @@ use chrono::{DateTime, Utc};
 use gathering_domain::pipeline::{
     CancelOutcome, ClaimedRun, HeldLease, NewPipeline, NodeRun, NodeStatus, Pipeline,
     PipelineDefinition, PipelineRepository, PipelineUpdate, RescueReport, Run, RunCommit,
-    RunDetail, RunError, RunRepository, RunStatus,
+    RunDetail, RunError, RunRepository, RunStatus, RunTransition,
 };
 use gathering_domain::{Page, PageRequest, RepoError};
 use serde_json::Value;
 use std::collections::HashMap;
-use tokio_postgres::Row;
+use tokio_postgres::{GenericClient, Row, Statement};
 use uuid::Uuid;
 
 fn to_json<T: serde::Serialize>(column: &'static str, v: &T) -> Result<Value, RepoError> {
@@ -542,9 +543,15 @@ impl RunRepository for PgRunRepository {
         let c = conn(&self.pool).await?;
         let stmt = c
             .prepare_cached(
-                "UPDATE pipeline.runs SET lease_expires_at = $3
-                 WHERE id = ANY($1) AND lease_owner = $2
-                 RETURNING id, cancel_requested",
+                // Rows locked in id order, as `apply_many` takes them: no deadlock between a
+                // heartbeat and a batch of transitions that end runs.
+                "WITH l AS (
+                     SELECT id FROM pipeline.runs
+                     WHERE id = ANY($1) AND lease_owner = $2
+                     ORDER BY id FOR NO KEY UPDATE)
+                 UPDATE pipeline.runs r SET lease_expires_at = $3
+                 FROM l WHERE r.id = l.id AND r.lease_owner = $2
+                 RETURNING r.id, r.cancel_requested",
             )
             .await
             .map_err(db_err)?;
@@ -569,132 +576,20 @@ impl RunRepository for PgRunRepository {
         nodes: &[NodeRun],
         commit: RunCommit,
     ) -> Result<(), RepoError> {
-        // One row per node (the last state wins) so the upsert touches each row once.
-        let mut last: Vec<&NodeRun> = Vec::with_capacity(nodes.len());
-        let mut at: HashMap<&str, usize> = HashMap::with_capacity(nodes.len());
-        for n in nodes {
-            match at.get(n.node_id.as_str()) {
-                Some(&i) => last[i] = n,
-                None => {
-                    at.insert(n.node_id.as_str(), last.len());
-                    last.push(n);
-                }
-            }
-        }
-        let ids: Vec<&str> = last.iter().map(|n| n.node_id.as_str()).collect();
-        let statuses: Vec<&str> = last.iter().map(|n| n.status.as_str()).collect();
-        let attempts: Vec<i32> = last.iter().map(|n| n.attempts).collect();
-        let outputs: Vec<Option<Value>> = last.iter().map(|n| n.output.clone()).collect();
-        let errors: Vec<Option<Value>> = last
+        let mut results = self.apply_batch(owner, &[(run_id, nodes, &commit)]).await?;
+        results.pop().unwrap_or(Ok(()))
+    }
+
+    async fn apply_many(
+        &self,
+        owner: Uuid,
+        batch: &[RunTransition],
+    ) -> Result<Vec<Result<(), RepoError>>, RepoError> {
+        let items: Vec<(Uuid, &[NodeRun], &RunCommit)> = batch
             .iter()
-            .map(|n| {
-                n.error
-                    .as_ref()
-                    .map(|e| to_json("node_runs.error", e))
-                    .transpose()
-            })
-            .collect::<Result<_, _>>()?;
-        let started: Vec<Option<DateTime<Utc>>> = last.iter().map(|n| n.started_at).collect();
-        let finished: Vec<Option<DateTime<Utc>>> = last.iter().map(|n| n.finished_at).collect();
-        let wake: Vec<Option<DateTime<Utc>>> = last.iter().map(|n| n.wake_at).collect();
-        let (mode, status, output, error, at, due_at): (
-            &str,
-            Option<&str>,
-            Option<Value>,
-            Option<Value>,
-            Option<DateTime<Utc>>,
-            Option<DateTime<Utc>>,
-        ) = match &commit {
-            RunCommit::Nodes => ("nodes", None, None, None, None, None),
-            RunCommit::Finish {
-                status,
-                output,
-                error,
-                at,
-            } => (
-                "finish",
-                Some(status.as_str()),
-                output.clone(),
-                error
-                    .as_ref()
-                    .map(|e| to_json("runs.error", e))
-                    .transpose()?,
-                Some(*at),
-                None,
-            ),
-            RunCommit::Release { due_at } => ("release", None, None, None, None, *due_at),
-            RunCommit::Interrupted => ("interrupt", None, None, None, None, None),
-        };
-        let c = conn(&self.pool).await?;
-        let stmt = c
-            .prepare_cached(
-                "WITH held AS (
-                     SELECT id FROM pipeline.runs WHERE id = $1 AND lease_owner = $2),
-                 nodes AS (
-                     INSERT INTO pipeline.node_runs AS n
-                         (run_id, node_id, status, attempts, output, error, started_at, finished_at, wake_at)
-                     SELECT held.id, t.node_id, t.status, t.attempts, t.output, t.error,
-                            t.started_at, t.finished_at, t.wake_at
-                     FROM held, unnest($3::text[], $4::text[], $5::int4[], $6::jsonb[], $7::jsonb[],
-                                       $8::timestamptz[], $9::timestamptz[], $10::timestamptz[])
-                          AS t(node_id, status, attempts, output, error, started_at, finished_at, wake_at)
-                     ON CONFLICT (run_id, node_id) DO UPDATE SET
-                         status = EXCLUDED.status, attempts = EXCLUDED.attempts,
-                         output = EXCLUDED.output, error = EXCLUDED.error,
-                         started_at = COALESCE(n.started_at, EXCLUDED.started_at),
-                         finished_at = EXCLUDED.finished_at, wake_at = EXCLUDED.wake_at
-                     RETURNING 1),
-                 run AS (
-                     UPDATE pipeline.runs r SET
-                         status = CASE WHEN $11::text = 'finish' THEN $12::text ELSE r.status END,
-                         output = CASE WHEN $11::text = 'finish' THEN $13::jsonb ELSE r.output END,
-                         error = CASE WHEN $11::text = 'finish' THEN $14::jsonb ELSE r.error END,
-                         finished_at = CASE WHEN $11::text = 'finish' THEN $15::timestamptz
-                                            ELSE r.finished_at END,
-                         due_at = CASE WHEN $11::text = 'release' THEN $16::timestamptz ELSE NULL END,
-                         rescue_count = CASE WHEN $11::text = 'interrupt' THEN r.rescue_count + 1
-                                             ELSE r.rescue_count END,
-                         lease_owner = NULL, lease_expires_at = NULL
-                     FROM held WHERE r.id = held.id AND $11::text <> 'nodes'
-                     RETURNING 1)
-                 SELECT (SELECT count(*) FROM held) AS held,
-                        set_config('synchronous_commit',
-                                   CASE WHEN $11::text = 'nodes' AND NOT $17::bool THEN 'off'
-                                        ELSE current_setting('synchronous_commit') END,
-                                   true) AS sync",
-            )
-            .await
-            .map_err(db_err)?;
-        let row = c
-            .query_one(
-                &stmt,
-                &[
-                    &run_id,
-                    &owner,
-                    &ids,
-                    &statuses,
-                    &attempts,
-                    &outputs,
-                    &errors,
-                    &started,
-                    &finished,
-                    &wake,
-                    &mode,
-                    &status,
-                    &output,
-                    &error,
-                    &at,
-                    &due_at,
-                    &self.synchronous_transitions,
-                ],
-            )
-            .await
-            .map_err(db_err)?;
-        let held: i64 = row.try_get("held").map_err(db_err)?;
-        if held == 0 {
-            return Err(RepoError::Conflict("lease".to_owned()));
-        }
-        Ok(())
+            .map(|t| (t.run_id, t.nodes.as_slice(), &t.commit))
+            .collect();
+        self.apply_batch(owner, &items).await
     }
 
     async fn request_cancel(
@@ -803,4 +698,240 @@ impl RunRepository for PgRunRepository {
         }
         Ok(report)
     }
+}
+
+/// The parameters of [`APPLY_SQL`] for one wave of transitions (at most one per run), owned:
+/// one row per run (`runs` arrays) and one row per node state (`nodes` arrays).
+#[derive(Default)]
+struct Wave {
+    run_ids: Vec<Uuid>,
+    modes: Vec<&'static str>,
+    statuses: Vec<Option<&'static str>>,
+    outputs: Vec<Option<Value>>,
+    errors: Vec<Option<Value>>,
+    ats: Vec<Option<DateTime<Utc>>>,
+    due_ats: Vec<Option<DateTime<Utc>>>,
+    n_run_ids: Vec<Uuid>,
+    n_ids: Vec<String>,
+    n_statuses: Vec<&'static str>,
+    n_attempts: Vec<i32>,
+    n_outputs: Vec<Option<Value>>,
+    n_errors: Vec<Option<Value>>,
+    n_started: Vec<Option<DateTime<Utc>>>,
+    n_finished: Vec<Option<DateTime<Utc>>>,
+    n_wake: Vec<Option<DateTime<Utc>>>,
+}
+
+impl Wave {
+    fn push(
+        &mut self,
+        run_id: Uuid,
+        nodes: &[NodeRun],
+        commit: &RunCommit,
+    ) -> Result<(), RepoError> {
+        // One row per node (the last state wins) so the upsert touches each row once.
+        let mut last: Vec<&NodeRun> = Vec::with_capacity(nodes.len());
+        let mut at: HashMap<&str, usize> = HashMap::with_capacity(nodes.len());
+        for n in nodes {
+            match at.get(n.node_id.as_str()) {
+                Some(&i) => last[i] = n,
+                None => {
+                    at.insert(n.node_id.as_str(), last.len());
+                    last.push(n);
+                }
+            }
+        }
+        for n in last {
+            self.n_run_ids.push(run_id);
+            self.n_ids.push(n.node_id.clone());
+            self.n_statuses.push(n.status.as_str());
+            self.n_attempts.push(n.attempts);
+            self.n_outputs.push(n.output.clone());
+            self.n_errors.push(
+                n.error
+                    .as_ref()
+                    .map(|e| to_json("node_runs.error", e))
+                    .transpose()?,
+            );
+            self.n_started.push(n.started_at);
+            self.n_finished.push(n.finished_at);
+            self.n_wake.push(n.wake_at);
+        }
+        let (mode, status, output, error, at, due_at) = match commit {
+            RunCommit::Nodes => ("nodes", None, None, None, None, None),
+            RunCommit::Finish {
+                status,
+                output,
+                error,
+                at,
+            } => (
+                "finish",
+                Some(status.as_str()),
+                output.clone(),
+                error
+                    .as_ref()
+                    .map(|e| to_json("runs.error", e))
+                    .transpose()?,
+                Some(*at),
+                None,
+            ),
+            RunCommit::Release { due_at } => ("release", None, None, None, None, *due_at),
+            RunCommit::Interrupted => ("interrupt", None, None, None, None, None),
+        };
+        self.run_ids.push(run_id);
+        self.modes.push(mode);
+        self.statuses.push(status);
+        self.outputs.push(output);
+        self.errors.push(error);
+        self.ats.push(at);
+        self.due_ats.push(due_at);
+        Ok(())
+    }
+}
+
+/// One wave of transitions (at most one per run) in ONE statement: locks the rows of the runs
+/// whose lease `$1` holds, in id order (the order [`RunRepository::heartbeat`] locks them in,
+/// so the two cannot deadlock, and a rescue cannot take a lease between check and commit),
+/// upserts their node states and applies their run commits; answers the runs held. Nothing is
+/// written for a run whose lease is not held. `$18` false lets the transaction commit without
+/// waiting for the WAL flush (only ever for node-only batches).
+const APPLY_SQL: &str = "WITH held AS (
+         SELECT id FROM pipeline.runs
+         WHERE id = ANY($2) AND lease_owner = $1
+         ORDER BY id FOR NO KEY UPDATE),
+     t AS (
+         SELECT * FROM unnest($2::uuid[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[],
+                              $7::timestamptz[], $8::timestamptz[])
+              AS t(run_id, mode, status, output, error, at, due_at)),
+     nodes AS (
+         INSERT INTO pipeline.node_runs AS n
+             (run_id, node_id, status, attempts, output, error, started_at, finished_at, wake_at)
+         SELECT u.run_id, u.node_id, u.status, u.attempts, u.output, u.error,
+                u.started_at, u.finished_at, u.wake_at
+         FROM unnest($9::uuid[], $10::text[], $11::text[], $12::int4[], $13::jsonb[],
+                     $14::jsonb[], $15::timestamptz[], $16::timestamptz[], $17::timestamptz[])
+              AS u(run_id, node_id, status, attempts, output, error, started_at, finished_at,
+                   wake_at)
+         WHERE u.run_id IN (SELECT id FROM held)
+         ON CONFLICT (run_id, node_id) DO UPDATE SET
+             status = EXCLUDED.status, attempts = EXCLUDED.attempts,
+             output = EXCLUDED.output, error = EXCLUDED.error,
+             started_at = COALESCE(n.started_at, EXCLUDED.started_at),
+             finished_at = EXCLUDED.finished_at, wake_at = EXCLUDED.wake_at
+         RETURNING 1),
+     run AS (
+         UPDATE pipeline.runs r SET
+             status = CASE WHEN t.mode = 'finish' THEN t.status ELSE r.status END,
+             output = CASE WHEN t.mode = 'finish' THEN t.output ELSE r.output END,
+             error = CASE WHEN t.mode = 'finish' THEN t.error ELSE r.error END,
+             finished_at = CASE WHEN t.mode = 'finish' THEN t.at ELSE r.finished_at END,
+             due_at = CASE WHEN t.mode = 'release' THEN t.due_at ELSE NULL END,
+             rescue_count = CASE WHEN t.mode = 'interrupt' THEN r.rescue_count + 1
+                                 ELSE r.rescue_count END,
+             lease_owner = NULL, lease_expires_at = NULL
+         FROM t WHERE r.id = t.run_id AND t.mode <> 'nodes'
+           AND t.run_id IN (SELECT id FROM held)
+         RETURNING 1)
+     SELECT ARRAY(SELECT id FROM held) AS held,
+            (SELECT count(*) FROM nodes) + (SELECT count(*) FROM run) AS written,
+            set_config('synchronous_commit',
+                       CASE WHEN $18::bool THEN current_setting('synchronous_commit')
+                            ELSE 'off' END,
+                       true) AS sync";
+
+impl PgRunRepository {
+    /// [`RunRepository::apply_many`]. The transitions are cut into waves — wave k holds the
+    /// k-th transition of each run, so one run's transitions keep their order — and each wave
+    /// is ONE [`APPLY_SQL`] statement; several waves share one transaction (pipelined on one
+    /// connection), and a single wave is one autocommitted statement.
+    async fn apply_batch(
+        &self,
+        owner: Uuid,
+        items: &[(Uuid, &[NodeRun], &RunCommit)],
+    ) -> Result<Vec<Result<(), RepoError>>, RepoError> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut waves: Vec<Wave> = Vec::new();
+        // (wave, run) of each item.
+        let mut placed: Vec<(usize, Uuid)> = Vec::with_capacity(items.len());
+        let mut seen: HashMap<Uuid, usize> = HashMap::with_capacity(items.len());
+        for (run_id, nodes, commit) in items {
+            let k = seen.entry(*run_id).or_insert(0);
+            if waves.len() <= *k {
+                waves.push(Wave::default());
+            }
+            waves[*k].push(*run_id, nodes, commit)?;
+            placed.push((*k, *run_id));
+            *k += 1;
+        }
+        // Only a batch of node-only transitions may skip the flush wait: any claim-ending
+        // transition in it makes the whole commit synchronous.
+        let sync = self.synchronous_transitions
+            || items.iter().any(|(_, _, c)| !matches!(c, RunCommit::Nodes));
+        let mut c = conn(&self.pool).await?;
+        let held: Vec<Vec<Uuid>> = if waves.len() == 1 {
+            let stmt = c.prepare_cached(APPLY_SQL).await.map_err(db_err)?;
+            vec![apply_wave(&**c, &stmt, owner, &waves[0], sync).await?]
+        } else {
+            let tx = c.transaction().await.map_err(db_err)?;
+            let stmt = tx.prepare_cached(APPLY_SQL).await.map_err(db_err)?;
+            // Issued together: tokio-postgres pipelines them (sent and executed in this order).
+            let answers = futures::future::join_all(
+                waves
+                    .iter()
+                    .map(|w| apply_wave(&*tx, &stmt, owner, w, sync)),
+            )
+            .await;
+            let held = answers.into_iter().collect::<Result<Vec<_>, _>>()?;
+            tx.commit().await.map_err(db_err)?;
+            held
+        };
+        Ok(placed
+            .into_iter()
+            .map(|(k, run_id)| {
+                if held.get(k).is_some_and(|h| h.contains(&run_id)) {
+                    Ok(())
+                } else {
+                    Err(RepoError::Conflict("lease".to_owned()))
+                }
+            })
+            .collect())
+    }
+}
+
+async fn apply_wave<C: GenericClient>(
+    c: &C,
+    stmt: &Statement,
+    owner: Uuid,
+    w: &Wave,
+    sync: bool,
+) -> Result<Vec<Uuid>, RepoError> {
+    let row = c
+        .query_one(
+            stmt,
+            &[
+                &owner,
+                &w.run_ids,
+                &w.modes,
+                &w.statuses,
+                &w.outputs,
+                &w.errors,
+                &w.ats,
+                &w.due_ats,
+                &w.n_run_ids,
+                &w.n_ids,
+                &w.n_statuses,
+                &w.n_attempts,
+                &w.n_outputs,
+                &w.n_errors,
+                &w.n_started,
+                &w.n_finished,
+                &w.n_wake,
+                &sync,
+            ],
+        )
+        .await
+        .map_err(db_err)?;
+    row.try_get("held").map_err(db_err)
 }

@@ -4,7 +4,7 @@
 use chrono::{Duration, Utc};
 use gathering_domain::pipeline::{
     CancelOutcome, NewPipeline, NodeRun, NodeStatus, PipelineDefinition, PipelineRepository,
-    PipelineUpdate, RunCommit, RunError, RunRepository, RunStatus,
+    PipelineUpdate, RunCommit, RunError, RunRepository, RunStatus, RunTransition,
 };
 use gathering_domain::{PageRequest, RepoError};
 use gathering_store::pipeline::{PgPipelineRepository, PgRunRepository};
@@ -435,4 +435,158 @@ async fn cancel_flags_leased_runs_and_cancels_unleased_ones_at_once() {
             .unwrap()
             .is_empty()
     );
+}
+
+/// Creates and claims `n` runs for `me`; answers their ids.
+async fn claimed_runs(
+    repo: &PgPipelineRepository,
+    runs: &PgRunRepository,
+    owner: Uuid,
+    me: Uuid,
+    n: usize,
+) -> Vec<Uuid> {
+    let id = pipeline(repo, owner, None).await;
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        ids.push(
+            runs.create_run(owner, id, json!({}), Utc::now())
+                .await
+                .unwrap()
+                .unwrap()
+                .id,
+        );
+    }
+    let now = Utc::now();
+    let claimed = runs
+        .claim(me, now, now + Duration::seconds(30), n as u32)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), n);
+    ids
+}
+
+#[tokio::test]
+async fn apply_many_commits_several_runs_in_one_batch_and_refuses_only_a_lost_lease() {
+    let (db, repo, runs, owner) = setup().await;
+    let me = Uuid::now_v7();
+    let ids = claimed_runs(&repo, &runs, owner, me, 3).await;
+    // The second run's lease moves to another instance (rescued and reclaimed elsewhere).
+    db.pool
+        .get()
+        .await
+        .unwrap()
+        .execute(
+            "UPDATE pipeline.runs SET lease_owner = $2 WHERE id = $1",
+            &[&ids[1], &Uuid::now_v7()],
+        )
+        .await
+        .unwrap();
+    let mut a = node("a", NodeStatus::Succeeded, Some(json!({"run": 0})));
+    a.finished_at = Some(Utc::now());
+    let batch = vec![
+        RunTransition {
+            run_id: ids[0],
+            nodes: vec![a.clone(), node("b", NodeStatus::Running, None)],
+            commit: RunCommit::Nodes,
+        },
+        RunTransition {
+            run_id: ids[1],
+            nodes: vec![a.clone()],
+            commit: RunCommit::Nodes,
+        },
+        RunTransition {
+            run_id: ids[2],
+            nodes: vec![a.clone()],
+            commit: RunCommit::Finish {
+                status: RunStatus::Succeeded,
+                output: Some(json!({"a": 1})),
+                error: None,
+                at: Utc::now(),
+            },
+        },
+    ];
+    let results = runs.apply_many(me, &batch).await.unwrap();
+    assert_eq!(results.len(), 3);
+    assert!(results[0].is_ok());
+    assert!(matches!(&results[1], Err(RepoError::Conflict(what)) if what == "lease"));
+    assert!(results[2].is_ok());
+
+    let first = runs.get_run(owner, ids[0]).await.unwrap().unwrap();
+    assert_eq!(first.run.status, RunStatus::Running);
+    assert_eq!(first.nodes.len(), 2);
+    let lost = runs.get_run(owner, ids[1]).await.unwrap().unwrap();
+    assert!(lost.nodes.is_empty(), "nothing is written for a lost lease");
+    let done = runs.get_run(owner, ids[2]).await.unwrap().unwrap();
+    assert_eq!(done.run.status, RunStatus::Succeeded);
+    assert_eq!(done.run.output, Some(json!({"a": 1})));
+    assert_eq!(done.nodes.len(), 1);
+    // Finishing released the lease: a later transition of that run is refused.
+    assert!(matches!(
+        runs.apply_many(
+            me,
+            &[RunTransition {
+                run_id: ids[2],
+                nodes: vec![],
+                commit: RunCommit::Nodes
+            }]
+        )
+        .await
+        .unwrap()[0],
+        Err(RepoError::Conflict(_))
+    ));
+    assert!(runs.apply_many(me, &[]).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn apply_many_keeps_the_order_of_one_runs_transitions() {
+    let (_db, repo, runs, owner) = setup().await;
+    let me = Uuid::now_v7();
+    let ids = claimed_runs(&repo, &runs, owner, me, 2).await;
+    let (x, y) = (ids[0], ids[1]);
+    let t = |run_id, nodes: Vec<NodeRun>, commit| RunTransition {
+        run_id,
+        nodes,
+        commit,
+    };
+    let mut b_retry = node("b", NodeStatus::Running, None);
+    b_retry.attempts = 2;
+    b_retry.error = Some(RunError::new("timeout", "first attempt"));
+    let mut b_done = node("b", NodeStatus::Succeeded, Some(json!("ok")));
+    b_done.attempts = 2;
+    let finish = RunCommit::Finish {
+        status: RunStatus::Succeeded,
+        output: Some(json!({"b": "ok"})),
+        error: None,
+        at: Utc::now(),
+    };
+    // The runs interleaved (the larger id first, so the store's id ordering must be stable),
+    // and for `y` a transition after its finish, which must be refused as it would be alone.
+    let (first, second) = if x > y { (x, y) } else { (y, x) };
+    let batch = vec![
+        t(
+            first,
+            vec![node("b", NodeStatus::Running, None)],
+            RunCommit::Nodes,
+        ),
+        t(
+            second,
+            vec![node("b", NodeStatus::Running, None)],
+            RunCommit::Nodes,
+        ),
+        t(first, vec![b_retry.clone()], RunCommit::Nodes),
+        t(second, vec![b_done.clone()], finish.clone()),
+        t(first, vec![b_done.clone()], RunCommit::Nodes),
+        t(second, vec![b_retry.clone()], RunCommit::Nodes),
+    ];
+    let results = runs.apply_many(me, &batch).await.unwrap();
+    assert!(results[..5].iter().all(Result::is_ok), "{results:?}");
+    assert!(matches!(results[5], Err(RepoError::Conflict(_))));
+    for id in [first, second] {
+        let d = runs.get_run(owner, id).await.unwrap().unwrap();
+        let b = d.nodes.iter().find(|n| n.node_id == "b").unwrap();
+        assert_eq!(b.status, NodeStatus::Succeeded, "the last transition wins");
+        assert_eq!((b.attempts, b.output.clone()), (2, Some(json!("ok"))));
+    }
+    let d = runs.get_run(owner, second).await.unwrap().unwrap();
+    assert_eq!(d.run.status, RunStatus::Succeeded);
 }
