@@ -8,6 +8,7 @@
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
+use gathering_domain::codes;
 use gathering_domain::{ErrorCode, ErrorKind, FieldProblem};
 use serde::Serialize;
 use std::fmt;
@@ -38,10 +39,10 @@ impl ApiError {
         Self::new(ErrorKind::BadRequest, code, message)
     }
     pub fn not_found() -> Self {
-        Self::new(ErrorKind::NotFound, "not_found", "not found")
+        Self::new(ErrorKind::NotFound, codes::NOT_FOUND, "not found")
     }
     pub fn unauthorized(message: impl Into<String>) -> Self {
-        Self::new(ErrorKind::Unauthorized, "unauthorized", message)
+        Self::new(ErrorKind::Unauthorized, codes::UNAUTHORIZED, message)
     }
     pub fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Forbidden, code, message)
@@ -49,28 +50,57 @@ impl ApiError {
     pub fn validation(details: Vec<FieldProblem>) -> Self {
         let mut e = Self::new(
             ErrorKind::Validation,
-            "validation_failed",
+            codes::VALIDATION_FAILED,
             "the request is invalid",
         );
         e.details = details;
         e
     }
     pub fn rate_limited(retry_after: Duration) -> Self {
-        let mut e = Self::new(ErrorKind::RateLimited, "rate_limited", "too many requests");
+        let mut e = Self::new(
+            ErrorKind::RateLimited,
+            codes::RATE_LIMITED,
+            "too many requests",
+        );
         e.retry_after = Some(retry_after);
         e
     }
     /// 429 `quota_exceeded`: a per-user (or per-instance) limit is reached; `retry_after`
     /// when waiting helps.
     pub fn quota_exceeded(message: impl Into<String>, retry_after: Option<Duration>) -> Self {
-        let mut e = Self::new(ErrorKind::RateLimited, "quota_exceeded", message);
+        let mut e = Self::new(ErrorKind::RateLimited, codes::QUOTA_EXCEEDED, message);
         e.retry_after = retry_after;
         e
     }
     pub fn internal(source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
-        let mut e = Self::new(ErrorKind::Internal, "internal", "internal error");
+        let mut e = Self::new(ErrorKind::Internal, codes::INTERNAL, "internal error");
         e.source = Some(source.into());
         e
+    }
+
+    /// The error for a response that was built without an error value (a 405 from routing,
+    /// an extractor's own 4xx/5xx): the generic code of its status.
+    pub fn for_status(status: StatusCode) -> Self {
+        let (kind, code) = match status.as_u16() {
+            400 => (ErrorKind::BadRequest, codes::BAD_REQUEST),
+            401 => (ErrorKind::Unauthorized, codes::UNAUTHORIZED),
+            403 => (ErrorKind::Forbidden, codes::FORBIDDEN),
+            404 => (ErrorKind::NotFound, codes::NOT_FOUND),
+            405 => (ErrorKind::BadRequest, codes::METHOD_NOT_ALLOWED),
+            409 => (ErrorKind::Conflict, codes::CONFLICT),
+            413 => (ErrorKind::BadRequest, codes::PAYLOAD_TOO_LARGE),
+            415 => (ErrorKind::BadRequest, codes::UNSUPPORTED_MEDIA_TYPE),
+            422 => (ErrorKind::Validation, codes::VALIDATION_FAILED),
+            429 => (ErrorKind::RateLimited, codes::RATE_LIMITED),
+            503 => (ErrorKind::Unavailable, codes::UNAVAILABLE),
+            s if s >= 500 => (ErrorKind::Internal, codes::INTERNAL),
+            _ => (ErrorKind::BadRequest, codes::BAD_REQUEST),
+        };
+        let message = match kind {
+            ErrorKind::Internal => "internal error",
+            _ => status.canonical_reason().unwrap_or("error"),
+        };
+        Self::new(kind, code, message.to_lowercase())
     }
 
     pub fn status(&self) -> StatusCode {
@@ -193,7 +223,7 @@ mod tests {
             ErrorKind::Internal
         }
         fn code(&self) -> &'static str {
-            "internal"
+            codes::INTERNAL
         }
     }
 
@@ -215,7 +245,7 @@ mod tests {
             ErrorKind::RateLimited
         }
         fn code(&self) -> &'static str {
-            "provider_rate_limited"
+            codes::PROVIDER_RATE_LIMITED
         }
     }
 
@@ -229,6 +259,47 @@ mod tests {
                 .get(header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok()),
             Some("1")
+        );
+    }
+
+    #[test]
+    fn the_error_code_table_of_api_md_lists_exactly_the_catalogue() {
+        let doc = include_str!("../../../docs/api.md");
+        let section = doc
+            .split("### Error codes")
+            .nth(1)
+            .unwrap_or_default()
+            .split("\n#")
+            .next()
+            .unwrap_or_default();
+        let listed: Vec<&str> = section
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `"))
+            .filter_map(|l| l.split('`').next())
+            .collect();
+        let mut sorted_listed = listed.clone();
+        sorted_listed.sort_unstable();
+        sorted_listed.dedup();
+        assert_eq!(sorted_listed.len(), listed.len(), "a code is listed twice");
+        let mut all: Vec<&str> = codes::ALL.to_vec();
+        all.sort_unstable();
+        assert_eq!(
+            sorted_listed, all,
+            "docs/api.md and gathering_domain::codes differ"
+        );
+    }
+
+    #[test]
+    fn responses_without_an_error_value_get_the_generic_code_of_their_status() {
+        let e = ApiError::for_status(StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(e.code, codes::METHOD_NOT_ALLOWED);
+        assert_eq!(
+            ApiError::for_status(StatusCode::BAD_GATEWAY).code,
+            codes::INTERNAL
+        );
+        assert_eq!(
+            ApiError::for_status(StatusCode::IM_A_TEAPOT).code,
+            codes::BAD_REQUEST
         );
     }
 

@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use gathering_auth::AccessClaims;
 use gathering_domain::PageRequest;
 use gathering_domain::auth::{RequestMeta, Role};
+use gathering_domain::codes;
 use serde::Deserialize;
 use std::future::Future;
 use std::pin::Pin;
@@ -146,7 +147,7 @@ impl FromRequest for AdminUser {
         Box::pin(async move {
             let user = user.await?;
             if !user.is_admin() {
-                return Err(ApiError::forbidden("forbidden", "administrators only"));
+                return Err(ApiError::forbidden(codes::FORBIDDEN, "administrators only"));
             }
             Ok(AdminUser(user))
         })
@@ -168,7 +169,7 @@ impl PageQuery {
             None | Some("") => None,
             Some(c) => Some(
                 Uuid::parse_str(c)
-                    .map_err(|_| ApiError::bad_request("invalid_cursor", "invalid cursor"))?,
+                    .map_err(|_| ApiError::bad_request(codes::INVALID_CURSOR, "invalid cursor"))?,
             ),
         };
         Ok(PageRequest::new(self.limit, cursor))

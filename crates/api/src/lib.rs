@@ -22,6 +22,7 @@ use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpRequest, HttpResponse, web};
 use gathering_domain::FieldProblem;
+use gathering_domain::codes;
 use tracing_actix_web::TracingLogger;
 
 pub use error::ApiError as Error;
@@ -101,16 +102,16 @@ pub(crate) fn json_error(err: JsonPayloadError) -> ApiError {
             ApiError::validation(vec![FieldProblem::new(field, e.to_string())])
         }
         JsonPayloadError::Deserialize(e) => {
-            ApiError::bad_request("invalid_json", format!("malformed JSON: {e}"))
+            ApiError::bad_request(codes::INVALID_JSON, format!("malformed JSON: {e}"))
         }
         JsonPayloadError::OverflowKnownLength { .. } | JsonPayloadError::Overflow { .. } => {
-            ApiError::bad_request("payload_too_large", "request body is too large")
+            ApiError::bad_request(codes::PAYLOAD_TOO_LARGE, "request body is too large")
         }
         JsonPayloadError::ContentType => ApiError::bad_request(
-            "unsupported_media_type",
+            codes::UNSUPPORTED_MEDIA_TYPE,
             "expected Content-Type: application/json",
         ),
-        other => ApiError::bad_request("invalid_body", other.to_string()),
+        other => ApiError::bad_request(codes::INVALID_BODY, other.to_string()),
     }
 }
 
@@ -120,7 +121,7 @@ fn query_config() -> web::QueryConfig {
             QueryPayloadError::Deserialize(e) => e.to_string(),
             other => other.to_string(),
         };
-        ApiError::bad_request("invalid_query", message).into()
+        ApiError::bad_request(codes::INVALID_QUERY, message).into()
     })
 }
 

@@ -8,7 +8,7 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use futures::FutureExt;
-use gathering_domain::ErrorKind;
+use gathering_domain::codes;
 use std::panic::AssertUnwindSafe;
 use tracing_actix_web::{DefaultRootSpanBuilder, RootSpanBuilder};
 
@@ -70,13 +70,13 @@ pub async fn request_id(
 fn nul_in_target(req: &ServiceRequest) -> Option<ApiError> {
     if crate::json::encodes_nul(req.uri().path()) {
         return Some(ApiError::bad_request(
-            "invalid_path",
+            codes::INVALID_PATH,
             "the URL path must not contain the NUL character (%00)",
         ));
     }
     if crate::json::encodes_nul(req.query_string()) {
         return Some(ApiError::bad_request(
-            "invalid_query",
+            codes::INVALID_QUERY,
             "the query string must not contain the NUL character (%00)",
         ));
     }
@@ -120,7 +120,7 @@ fn complete_error(res: ServiceResponse<BoxBody>, rid: &str) -> ServiceResponse<B
     let body = match api {
         Rewrite::Body(body) => body,
         Rewrite::Generic => {
-            let e = generic_for(status);
+            let e = ApiError::for_status(status);
             e.body(Some(rid))
         }
     };
@@ -137,29 +137,6 @@ fn complete_error(res: ServiceResponse<BoxBody>, rid: &str) -> ServiceResponse<B
 enum Rewrite {
     Body(serde_json::Value),
     Generic,
-}
-
-fn generic_for(status: actix_web::http::StatusCode) -> ApiError {
-    let (kind, code) = match status.as_u16() {
-        400 => (ErrorKind::BadRequest, "bad_request"),
-        401 => (ErrorKind::Unauthorized, "unauthorized"),
-        403 => (ErrorKind::Forbidden, "forbidden"),
-        404 => (ErrorKind::NotFound, "not_found"),
-        405 => (ErrorKind::BadRequest, "method_not_allowed"),
-        409 => (ErrorKind::Conflict, "conflict"),
-        413 => (ErrorKind::BadRequest, "payload_too_large"),
-        415 => (ErrorKind::BadRequest, "unsupported_media_type"),
-        422 => (ErrorKind::Validation, "validation_failed"),
-        429 => (ErrorKind::RateLimited, "rate_limited"),
-        503 => (ErrorKind::Unavailable, "unavailable"),
-        s if s >= 500 => (ErrorKind::Internal, "internal"),
-        _ => (ErrorKind::BadRequest, "bad_request"),
-    };
-    let message = match kind {
-        ErrorKind::Internal => "internal error",
-        _ => status.canonical_reason().unwrap_or("error"),
-    };
-    ApiError::new(kind, code, message.to_lowercase())
 }
 
 fn security_headers(h: &mut actix_web::http::header::HeaderMap, path: &str) {

@@ -10,6 +10,7 @@ use crate::routes::projects::DataDir;
 use crate::routes::ws::WsConfig;
 use gathering_auth::AuthService;
 use gathering_domain::ErrorKind;
+use gathering_domain::codes;
 use gathering_domain::notifications::NotificationRepository;
 use gathering_domain::projects::ProjectRepository;
 use gathering_events::EventBus;
@@ -82,7 +83,7 @@ impl RequestTasks {
         if self.tracker.is_closed() {
             let mut e = ApiError::new(
                 ErrorKind::Unavailable,
-                "shutting_down",
+                codes::SHUTTING_DOWN,
                 "the server is shutting down",
             );
             e.retry_after = Some(Duration::from_secs(1));

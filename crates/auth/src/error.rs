@@ -1,5 +1,6 @@
 //! The auth crate's error type and its mapping onto the shared error vocabulary.
 
+use gathering_domain::codes;
 use gathering_domain::{ErrorCode, ErrorKind, FieldProblem, RepoError};
 use std::time::Duration;
 
@@ -58,15 +59,17 @@ impl ErrorCode for AuthError {
 
     fn code(&self) -> &'static str {
         match self {
-            AuthError::InvalidCredentials => "invalid_credentials",
-            AuthError::EmailTaken => "email_taken",
-            AuthError::Validation(_) => "validation_failed",
-            AuthError::InvalidToken => "invalid_token",
-            AuthError::LockedOut { .. } => "rate_limited",
-            AuthError::Forbidden => "forbidden",
-            AuthError::Overloaded | AuthError::Repo(RepoError::Unavailable(_)) => "unavailable",
+            AuthError::InvalidCredentials => codes::INVALID_CREDENTIALS,
+            AuthError::EmailTaken => codes::EMAIL_TAKEN,
+            AuthError::Validation(_) => codes::VALIDATION_FAILED,
+            AuthError::InvalidToken => codes::INVALID_TOKEN,
+            AuthError::LockedOut { .. } => codes::RATE_LIMITED,
+            AuthError::Forbidden => codes::FORBIDDEN,
+            AuthError::Overloaded | AuthError::Repo(RepoError::Unavailable(_)) => {
+                codes::UNAVAILABLE
+            }
             AuthError::Repo(_) | AuthError::Internal(_) | AuthError::AdminEmailTaken(_) => {
-                "internal"
+                codes::INTERNAL
             }
         }
     }

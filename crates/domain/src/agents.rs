@@ -1,5 +1,6 @@
 //! The agent runner port: pipelines' `agent` nodes and the scheduler's `run_task` call it.
 
+use crate::codes;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -66,9 +67,9 @@ impl crate::error::ErrorCode for AgentError {
     }
     fn code(&self) -> &'static str {
         match self {
-            AgentError::NotFound => "not_found",
-            AgentError::NotConfigured(_) => "provider_not_configured",
-            AgentError::Provider { .. } => "provider_failed",
+            AgentError::NotFound => codes::NOT_FOUND,
+            AgentError::NotConfigured(_) => codes::PROVIDER_NOT_CONFIGURED,
+            AgentError::Provider { .. } => codes::PROVIDER_FAILED,
         }
     }
 }

@@ -3,6 +3,7 @@
 //! Each crate has its own `thiserror` enum and implements [`ErrorCode`] for it; the HTTP
 //! layer turns any `ErrorCode` into the JSON error body in exactly one place.
 
+use crate::codes;
 use serde::Serialize;
 use std::time::Duration;
 
@@ -103,12 +104,12 @@ impl ErrorCode for RepoError {
     }
     fn code(&self) -> &'static str {
         match self {
-            RepoError::NotFound => "not_found",
-            RepoError::Conflict(_) => "conflict",
-            RepoError::Unavailable(_) => "unavailable",
-            RepoError::Other(_) => "internal",
-            RepoError::Invalid(_) => "validation_failed",
-            RepoError::QuotaExceeded(_) => "quota_exceeded",
+            RepoError::NotFound => codes::NOT_FOUND,
+            RepoError::Conflict(_) => codes::CONFLICT,
+            RepoError::Unavailable(_) => codes::UNAVAILABLE,
+            RepoError::Other(_) => codes::INTERNAL,
+            RepoError::Invalid(_) => codes::VALIDATION_FAILED,
+            RepoError::QuotaExceeded(_) => codes::QUOTA_EXCEEDED,
         }
     }
     fn details(&self) -> Vec<FieldProblem> {

@@ -6,6 +6,7 @@
 pub mod agents;
 pub mod auth;
 pub mod clock;
+pub mod codes;
 pub mod error;
 pub mod events;
 pub mod notifications;

@@ -1,5 +1,6 @@
 //! The port through which pipelines, schedules and agents invoke tools.
 
+use crate::codes;
 use crate::error::{ErrorCode, ErrorKind, FieldProblem};
 use async_trait::async_trait;
 use serde_json::Value;
@@ -76,13 +77,13 @@ impl ErrorCode for ToolError {
     }
     fn code(&self) -> &'static str {
         match self {
-            ToolError::UnknownTool(_) => "not_found",
-            ToolError::InvalidParams(_) => "validation_failed",
-            ToolError::Forbidden(_) => "forbidden",
-            ToolError::PathForbidden(_) => "path_forbidden",
-            ToolError::Timeout(_) => "tool_timeout",
-            ToolError::Failed { .. } => "tool_failed",
-            ToolError::OutputTooLarge(_) => "output_too_large",
+            ToolError::UnknownTool(_) => codes::NOT_FOUND,
+            ToolError::InvalidParams(_) => codes::VALIDATION_FAILED,
+            ToolError::Forbidden(_) => codes::FORBIDDEN,
+            ToolError::PathForbidden(_) => codes::PATH_FORBIDDEN,
+            ToolError::Timeout(_) => codes::TOOL_TIMEOUT,
+            ToolError::Failed { .. } => codes::TOOL_FAILED,
+            ToolError::OutputTooLarge(_) => codes::OUTPUT_TOO_LARGE,
         }
     }
     fn details(&self) -> Vec<FieldProblem> {

@@ -1,3 +1,4 @@
+use gathering_domain::codes;
 use gathering_domain::{ErrorCode, ErrorKind};
 
 /// Failures of the event bus itself. Publishing never fails; only construction can.
@@ -13,7 +14,7 @@ impl ErrorCode for EventsError {
     }
     fn code(&self) -> &'static str {
         match self {
-            EventsError::InvalidConfig(_) => "invalid_events_config",
+            EventsError::InvalidConfig(_) => codes::INVALID_EVENTS_CONFIG,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Errors of the providers, settings and agent runtime.
 
 use gathering_domain::agents::AgentError;
+use gathering_domain::codes;
 use gathering_domain::{ErrorCode, ErrorKind, FieldProblem, RepoError};
 use std::time::Duration;
 
@@ -107,17 +108,17 @@ impl ErrorCode for LlmError {
 
     fn code(&self) -> &'static str {
         match self {
-            LlmError::Unauthorized { .. } => "provider_unauthorized",
-            LlmError::RateLimited { .. } => "provider_rate_limited",
-            LlmError::CircuitOpen { .. } => "provider_circuit_open",
-            LlmError::Status { .. } => "provider_error",
-            LlmError::Timeout { .. } => "provider_timeout",
-            LlmError::Connect { .. } => "provider_unreachable",
-            LlmError::Malformed { .. } => "provider_malformed_response",
-            LlmError::NotConfigured(_) => "provider_not_configured",
-            LlmError::NotFound => "not_found",
-            LlmError::Validation(_) | LlmError::UrlRefused(_) => "validation_failed",
-            LlmError::Key(_) => "internal",
+            LlmError::Unauthorized { .. } => codes::PROVIDER_UNAUTHORIZED,
+            LlmError::RateLimited { .. } => codes::PROVIDER_RATE_LIMITED,
+            LlmError::CircuitOpen { .. } => codes::PROVIDER_CIRCUIT_OPEN,
+            LlmError::Status { .. } => codes::PROVIDER_ERROR,
+            LlmError::Timeout { .. } => codes::PROVIDER_TIMEOUT,
+            LlmError::Connect { .. } => codes::PROVIDER_UNREACHABLE,
+            LlmError::Malformed { .. } => codes::PROVIDER_MALFORMED_RESPONSE,
+            LlmError::NotConfigured(_) => codes::PROVIDER_NOT_CONFIGURED,
+            LlmError::NotFound => codes::NOT_FOUND,
+            LlmError::Validation(_) | LlmError::UrlRefused(_) => codes::VALIDATION_FAILED,
+            LlmError::Key(_) => codes::INTERNAL,
             LlmError::Repo(e) => e.code(),
         }
     }

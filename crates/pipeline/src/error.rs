@@ -1,5 +1,6 @@
 //! The pipeline crate's error enum.
 
+use gathering_domain::codes;
 use gathering_domain::{ErrorCode, ErrorKind, FieldProblem, RepoError};
 
 #[derive(Debug, thiserror::Error)]
@@ -32,10 +33,10 @@ impl ErrorCode for PipelineError {
     }
     fn code(&self) -> &'static str {
         match self {
-            PipelineError::Invalid(_) => "validation_failed",
-            PipelineError::Cycle { .. } => "cycle_detected",
-            PipelineError::NotFound => "not_found",
-            PipelineError::RunFinished(_) => "run_finished",
+            PipelineError::Invalid(_) => codes::VALIDATION_FAILED,
+            PipelineError::Cycle { .. } => codes::CYCLE_DETECTED,
+            PipelineError::NotFound => codes::NOT_FOUND,
+            PipelineError::RunFinished(_) => codes::RUN_FINISHED,
             PipelineError::Repo(e) => e.code(),
         }
     }

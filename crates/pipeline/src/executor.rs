@@ -33,6 +33,7 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use gathering_domain::agents::{AgentError, AgentRequest, AgentRunner};
+use gathering_domain::codes;
 use gathering_domain::events::{Event, EventPublisher};
 use gathering_domain::notify::ListenerEvent;
 use gathering_domain::pipeline::{
@@ -292,7 +293,7 @@ impl Executor {
             self.inner.deps.events.publish(Event::new(
                 *owner,
                 "run.finished",
-                json!({"run_id": run_id, "status": "failed", "error": {"code": "crash_loop"}}),
+                json!({"run_id": run_id, "status": "failed", "error": {"code": codes::CRASH_LOOP}}),
             ));
         }
         if !report.requeued.is_empty() {
@@ -587,7 +588,7 @@ impl Driver {
             return self
                 .finish_aborted(
                     RunStatus::Cancelled,
-                    RunError::new("cancelled", "the run was cancelled"),
+                    RunError::new(codes::CANCELLED, "the run was cancelled"),
                 )
                 .await;
         }
@@ -595,7 +596,7 @@ impl Driver {
             // Every execution of this run so far ended with its instance dying (or stopping
             // with nodes in flight): do not run it again.
             let error = RunError::new(
-                "crash_loop",
+                codes::CRASH_LOOP,
                 format!(
                     "the run was interrupted {} times while running (max_rescues {}); \
                      it is not run again",
@@ -622,7 +623,7 @@ impl Driver {
                     .finish_aborted(
                         RunStatus::TimedOut,
                         RunError::new(
-                            "timed_out",
+                            codes::TIMED_OUT,
                             format!("the run exceeded its timeout of {ms} ms"),
                         ),
                     )
@@ -678,7 +679,7 @@ impl Driver {
                 return self
                     .finish_aborted(
                         RunStatus::Failed,
-                        RunError::new("internal", "the run cannot make progress"),
+                        RunError::new(codes::INTERNAL, "the run cannot make progress"),
                     )
                     .await;
             }
@@ -698,7 +699,7 @@ impl Driver {
                         }
                         Some(StopReason::Cancelled) => {
                             return self
-                                .finish_aborted(RunStatus::Cancelled, RunError::new("cancelled", "the run was cancelled"))
+                                .finish_aborted(RunStatus::Cancelled, RunError::new(codes::CANCELLED, "the run was cancelled"))
                                 .await;
                         }
                     }
@@ -812,7 +813,7 @@ impl Driver {
             self.fail(
                 i,
                 NodeFailure::new(
-                    "invalid_node",
+                    codes::INVALID_NODE,
                     format!("unknown node type `{}`", node.node_type),
                 ),
                 now,
@@ -875,14 +876,14 @@ impl Driver {
                         {
                             Ok(b) => Ok(Value::Bool(b)),
                             Err(condition::EvalError::TimedOut) => Err(NodeFailure::new(
-                                "timed_out",
+                                codes::TIMED_OUT,
                                 format!(
                                     "the condition did not finish within {} ms",
                                     budget.as_millis()
                                 ),
                             )),
                             Err(condition::EvalError::Failed(e)) => {
-                                Err(NodeFailure::new("condition_failed", e))
+                                Err(NodeFailure::new(codes::CONDITION_FAILED, e))
                             }
                         };
                     (
@@ -948,11 +949,19 @@ impl Driver {
                 let call = match call {
                     Ok(c) => c,
                     Err(e @ template::RenderError::TooLarge(_)) => {
-                        self.fail(i, NodeFailure::new("params_too_large", e.to_string()), now);
+                        self.fail(
+                            i,
+                            NodeFailure::new(codes::PARAMS_TOO_LARGE, e.to_string()),
+                            now,
+                        );
                         return;
                     }
                     Err(e) => {
-                        self.fail(i, NodeFailure::new("template_failed", e.to_string()), now);
+                        self.fail(
+                            i,
+                            NodeFailure::new(codes::TEMPLATE_FAILED, e.to_string()),
+                            now,
+                        );
                         return;
                     }
                 };
@@ -963,7 +972,7 @@ impl Driver {
                     self.fail(
                         i,
                         NodeFailure::new(
-                            "attempts_exhausted",
+                            codes::ATTEMPTS_EXHAUSTED,
                             format!(
                                 "interrupted during its last attempt and again during its re-run \
                                  ({prev_attempts} attempts started, max_attempts {})",
@@ -1009,13 +1018,13 @@ impl Driver {
         let l = &self.inner.cfg.limits;
         if !depth_within(output, l.max_output_depth) {
             return Err(NodeFailure::new(
-                "output_too_deep",
+                codes::OUTPUT_TOO_DEEP,
                 format!("the output nests deeper than {} levels", l.max_output_depth),
             ));
         }
         if json_size_within(output, l.max_output_bytes).is_none() {
             return Err(NodeFailure::new(
-                "output_too_large",
+                codes::OUTPUT_TOO_LARGE,
                 format!("the output is larger than {} bytes", l.max_output_bytes),
             ));
         }
@@ -1109,7 +1118,7 @@ impl Driver {
                 .finish_aborted(
                     RunStatus::Failed,
                     RunError::new(
-                        "output_too_large",
+                        codes::OUTPUT_TOO_LARGE,
                         format!("the run output is larger than {max} bytes"),
                     ),
                 )
@@ -1453,7 +1462,10 @@ impl NodeExec {
     ) -> (Result<Value, NodeFailure>, bool) {
         let Ok(_slot) = self.inner.node_slots.acquire().await else {
             return (
-                Err(NodeFailure::new("internal", "executor is shutting down")),
+                Err(NodeFailure::new(
+                    codes::INTERNAL,
+                    "executor is shutting down",
+                )),
                 false,
             );
         };
@@ -1463,7 +1475,7 @@ impl NodeExec {
             Some((target, Err(open))) => {
                 return (
                     Err(NodeFailure::new(
-                        "circuit_open",
+                        codes::CIRCUIT_OPEN,
                         format!(
                             "circuit for {target} is open after repeated failures; retry in {} s",
                             open.retry_after.as_secs().max(1)
@@ -1513,7 +1525,7 @@ impl NodeExec {
                 let Some(agents) = self.inner.deps.agents.clone() else {
                     return (
                         Err(NodeFailure::new(
-                            "agent_unavailable",
+                            codes::AGENT_UNAVAILABLE,
                             "no agent runner configured",
                         )),
                         false,
@@ -1532,9 +1544,9 @@ impl NodeExec {
                         Err(e) => {
                             let retryable = e.retryable();
                             let code = match e {
-                                AgentError::NotFound => "agent_not_found",
-                                AgentError::NotConfigured(_) => "agent_unavailable",
-                                AgentError::Provider { .. } => "agent_failed",
+                                AgentError::NotFound => codes::AGENT_NOT_FOUND,
+                                AgentError::NotConfigured(_) => codes::AGENT_UNAVAILABLE,
+                                AgentError::Provider { .. } => codes::AGENT_FAILED,
                             };
                             Err((NodeFailure::new(code, e.to_string()), retryable))
                         }
@@ -1556,7 +1568,7 @@ impl NodeExec {
             Ok(Err((f, retryable))) => (Err(f), retryable),
             Err(_) => (
                 Err(NodeFailure::new(
-                    "timed_out",
+                    codes::TIMED_OUT,
                     format!(
                         "the node exceeded its timeout of {} ms",
                         self.timeout.as_millis()

@@ -5,6 +5,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use gathering_domain::codes;
 use gathering_domain::pipeline::{
     CancelOutcome, ClaimedRun, HeldLease, NewPipeline, NodeRun, NodeStatus, Pipeline,
     PipelineDefinition, PipelineRepository, PipelineUpdate, RescueReport, Run, RunCommit,
@@ -357,7 +358,7 @@ impl RunRepository for MemoryStore {
         }
         r.run.status = RunStatus::Cancelled;
         r.run.finished_at = Some(now);
-        r.run.error = Some(RunError::new("cancelled", "the run was cancelled"));
+        r.run.error = Some(RunError::new(codes::CANCELLED, "the run was cancelled"));
         r.due_at = None;
         for n in &mut r.nodes {
             if !n.status.is_terminal() {
@@ -386,7 +387,7 @@ impl RunRepository for MemoryStore {
                     r.run.status = RunStatus::Failed;
                     r.run.finished_at = Some(now);
                     r.run.error = Some(RunError::new(
-                        "crash_loop",
+                        codes::CRASH_LOOP,
                         format!(
                             "the run's executor stopped {} times while running it",
                             r.rescue_count

@@ -1,5 +1,6 @@
 //! The scheduler's error type.
 
+use gathering_domain::codes;
 use gathering_domain::{ErrorCode, ErrorKind, FieldProblem, RepoError};
 
 #[derive(Debug, thiserror::Error)]
@@ -31,9 +32,9 @@ impl ErrorCode for SchedulerError {
     }
     fn code(&self) -> &'static str {
         match self {
-            SchedulerError::Validation(_) => "validation_failed",
-            SchedulerError::NotFound => "not_found",
-            SchedulerError::Conflict => "conflict",
+            SchedulerError::Validation(_) => codes::VALIDATION_FAILED,
+            SchedulerError::NotFound => codes::NOT_FOUND,
+            SchedulerError::Conflict => codes::CONFLICT,
             SchedulerError::Repo(e) => e.code(),
         }
     }

@@ -10,6 +10,7 @@ use crate::page::query_page;
 use crate::pool::{PgPool, conn};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use gathering_domain::codes;
 use gathering_domain::pipeline::{
     CancelOutcome, ClaimedRun, HeldLease, NewPipeline, NodeRun, NodeStatus, Pipeline,
     PipelineDefinition, PipelineRepository, PipelineUpdate, RescueReport, Run, RunCommit,
@@ -83,7 +84,7 @@ fn json_text_depth(text: &str) -> usize {
 }
 
 /// Decodes a stored JSON text; a document that cannot be decoded (too deep, or invalid) reads
-/// as an `{"error": {"code": "unreadable_value", …}}` marker instead of failing the request.
+/// as an `{"error": {"code": codes::UNREADABLE_VALUE, …}}` marker instead of failing the request.
 fn stored_json(text: Option<String>, column: &str) -> Option<Value> {
     let text = text?;
     let problem = if json_text_depth(&text) > MAX_STORED_DEPTH {
@@ -95,7 +96,7 @@ fn stored_json(text: Option<String>, column: &str) -> Option<Value> {
         }
     };
     tracing::warn!(column, "{problem}");
-    Some(serde_json::json!({"error": {"code": "unreadable_value", "message": problem}}))
+    Some(serde_json::json!({"error": {"code": codes::UNREADABLE_VALUE, "message": problem}}))
 }
 
 fn run_error(v: Option<String>, column: &'static str) -> Option<RunError> {
@@ -106,7 +107,7 @@ fn run_error(v: Option<String>, column: &'static str) -> Option<RunError> {
         return Some(e);
     }
     Some(RunError::new(
-        "unreadable_value",
+        codes::UNREADABLE_VALUE,
         format!("the stored {column} cannot be decoded"),
     ))
 }
@@ -338,7 +339,7 @@ impl PgRunRepository {
     }
 }
 
-const CANCELLED_ERROR: &str = r#"{"code": "cancelled", "message": "the run was cancelled"}"#;
+const CANCELLED_ERROR: &str = r#"{"code": codes::CANCELLED, "message": "the run was cancelled"}"#;
 
 #[async_trait]
 impl RunRepository for PgRunRepository {

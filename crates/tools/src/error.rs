@@ -1,6 +1,7 @@
 //! Errors of building the registry (not of invoking tools: those are
 //! [`gathering_domain::tools::ToolError`]).
 
+use gathering_domain::codes;
 use gathering_domain::{ErrorCode, ErrorKind};
 
 #[derive(Debug, thiserror::Error)]
@@ -18,6 +19,6 @@ impl ErrorCode for ToolsError {
         ErrorKind::Internal
     }
     fn code(&self) -> &'static str {
-        "internal"
+        codes::INTERNAL
     }
 }

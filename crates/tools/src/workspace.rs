@@ -8,6 +8,7 @@
 //!
 //! All filesystem work of the async helpers runs on `spawn_blocking`.
 
+use gathering_domain::codes;
 use gathering_domain::{ErrorCode, ErrorKind};
 use serde::Serialize;
 use std::collections::VecDeque;
@@ -60,15 +61,15 @@ impl ErrorCode for PathError {
     }
     fn code(&self) -> &'static str {
         match self {
-            PathError::Forbidden(_) => "path_forbidden",
-            PathError::NotFound => "not_found",
-            PathError::NotAFile => "not_a_file",
-            PathError::NotADirectory => "not_a_directory",
-            PathError::NotRegularFile => "not_a_regular_file",
-            PathError::TooLarge { .. } => "file_too_large",
-            PathError::NotText => "not_text",
-            PathError::Invalid(_) => "invalid_path",
-            PathError::Io(_) => "internal",
+            PathError::Forbidden(_) => codes::PATH_FORBIDDEN,
+            PathError::NotFound => codes::NOT_FOUND,
+            PathError::NotAFile => codes::NOT_A_FILE,
+            PathError::NotADirectory => codes::NOT_A_DIRECTORY,
+            PathError::NotRegularFile => codes::NOT_A_REGULAR_FILE,
+            PathError::TooLarge { .. } => codes::FILE_TOO_LARGE,
+            PathError::NotText => codes::NOT_TEXT,
+            PathError::Invalid(_) => codes::INVALID_PATH,
+            PathError::Io(_) => codes::INTERNAL,
         }
     }
 }

@@ -8,6 +8,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use gathering_domain::FieldProblem;
+use gathering_domain::codes;
 use gathering_domain::pipeline::{
     Edge, Node, NodeRun, Pipeline, PipelineDefinition, Run, RunDetail, RunError,
 };
@@ -208,7 +209,7 @@ pub struct RunPage {
 
 fn too_large(max: usize) -> ApiError {
     ApiError::bad_request(
-        "payload_too_large",
+        codes::PAYLOAD_TOO_LARGE,
         format!("the request body must be at most {max} bytes"),
     )
 }
@@ -230,7 +231,7 @@ async fn read_body(
     }
     let mut buf = web::BytesMut::with_capacity(declared.unwrap_or(0).min(max));
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
+        let chunk = chunk.map_err(|e| ApiError::bad_request(codes::INVALID_BODY, e.to_string()))?;
         if buf.len() + chunk.len() > max {
             return Err(too_large(max));
         }
@@ -250,13 +251,13 @@ fn parse_body<T: DeserializeOwned>(req: &HttpRequest, body: &[u8]) -> Result<T, 
             .contains("json")
     {
         return Err(ApiError::bad_request(
-            "unsupported_media_type",
+            codes::UNSUPPORTED_MEDIA_TYPE,
             "expected Content-Type: application/json",
         ));
     }
     // Parsed as a value first, so a NUL anywhere is refused exactly as `Json<T>` refuses it.
     let value: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request("invalid_json", format!("malformed JSON: {e}")))?;
+        .map_err(|e| ApiError::bad_request(codes::INVALID_JSON, format!("malformed JSON: {e}")))?;
     if let Some(pointer) = crate::json::find_nul(&value) {
         return Err(ApiError::validation(vec![FieldProblem::new(
             pointer,

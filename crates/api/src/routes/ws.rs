@@ -24,6 +24,7 @@ use actix_ws::{CloseCode, CloseReason, Message, MessageStream, Session};
 use chrono::{DateTime, Utc};
 use gathering_domain::ErrorCode;
 use gathering_domain::auth::RequestMeta;
+use gathering_domain::codes;
 use gathering_events::{EventBus, Received, Subscription};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -269,7 +270,7 @@ pub async fn connect(
 
     let (response, session, stream) = actix_ws::handle(&req, body).map_err(|e| {
         ApiError::bad_request(
-            "websocket_upgrade_required",
+            codes::WEBSOCKET_UPGRADE_REQUIRED,
             format!("expected a WebSocket upgrade request: {e}"),
         )
     })?;
