@@ -1,0 +1,49 @@
+//! The port contracts of gathering-pipeline and gathering-auth against PostgreSQL: the same
+//! functions the in-memory fakes pass, so the fakes behave like the real store.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use gathering_pipeline::contract as pipeline;
+use gathering_store::pipeline::{PgPipelineRepository, PgRunRepository};
+use gathering_store::test_support::TestDb;
+
+async fn pipeline_setup() -> (TestDb, PgPipelineRepository, PgRunRepository) {
+    let db = TestDb::new().await.unwrap();
+    let p = PgPipelineRepository::new(db.pool.clone());
+    let r = PgRunRepository::new(db.pool.clone());
+    (db, p, r)
+}
+
+#[tokio::test]
+async fn pg_pipelines_are_owner_scoped_versioned_and_paged() {
+    let (db, p, _) = pipeline_setup().await;
+    let (owner, other) = (db.user().await, db.user().await);
+    pipeline::pipelines_are_owner_scoped_versioned_and_paged(&p, owner, other).await;
+}
+
+#[tokio::test]
+async fn pg_runs_are_claimed_once_until_released() {
+    let (db, p, r) = pipeline_setup().await;
+    let (owner, other) = (db.user().await, db.user().await);
+    pipeline::runs_are_claimed_once_until_released(&p, &r, owner, other).await;
+}
+
+#[tokio::test]
+async fn pg_apply_keeps_order_and_refuses_a_lost_lease() {
+    let (db, p, r) = pipeline_setup().await;
+    let owner = db.user().await;
+    pipeline::apply_keeps_order_and_refuses_a_lost_lease(&p, &r, owner).await;
+}
+
+#[tokio::test]
+async fn pg_cancel_ends_queued_flags_held_and_reports_finished() {
+    let (db, p, r) = pipeline_setup().await;
+    let (owner, other) = (db.user().await, db.user().await);
+    pipeline::cancel_ends_queued_flags_held_and_reports_finished(&p, &r, owner, other).await;
+}
+
+#[tokio::test]
+async fn pg_rescue_stale_counts_toward_crash_loop() {
+    let (db, p, r) = pipeline_setup().await;
+    let owner = db.user().await;
+    pipeline::rescue_stale_counts_toward_crash_loop(&p, &r, owner).await;
+}
