@@ -2,9 +2,14 @@
 //! functions the in-memory fakes pass, so the fakes behave like the real store.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use gathering_auth::contract as auth;
 use gathering_pipeline::contract as pipeline;
+use gathering_store::audit::PgAuditRepository;
 use gathering_store::pipeline::{PgPipelineRepository, PgRunRepository};
+use gathering_store::revocations::PgRevocationRepository;
 use gathering_store::test_support::TestDb;
+use gathering_store::tokens::PgRefreshTokenRepository;
+use gathering_store::users::PgUserRepository;
 
 async fn pipeline_setup() -> (TestDb, PgPipelineRepository, PgRunRepository) {
     let db = TestDb::new().await.unwrap();
@@ -46,4 +51,42 @@ async fn pg_rescue_stale_counts_toward_crash_loop() {
     let (db, p, r) = pipeline_setup().await;
     let owner = db.user().await;
     pipeline::rescue_stale_counts_toward_crash_loop(&p, &r, owner).await;
+}
+
+async fn two_users(db: &TestDb) -> (uuid::Uuid, uuid::Uuid) {
+    (db.user().await, db.user().await)
+}
+
+#[tokio::test]
+async fn pg_users_create_conflict_and_lookup() {
+    let db = TestDb::new().await.unwrap();
+    auth::users_create_conflict_and_lookup(&PgUserRepository::new(db.pool.clone())).await;
+}
+
+#[tokio::test]
+async fn pg_refresh_rotation_detects_reuse() {
+    let db = TestDb::new().await.unwrap();
+    let (user, other) = two_users(&db).await;
+    auth::refresh_rotation_detects_reuse(
+        &PgRefreshTokenRepository::new(db.pool.clone()),
+        user,
+        other,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn pg_revocations_are_seen_and_listed() {
+    let db = TestDb::new().await.unwrap();
+    let user = db.user().await;
+    auth::revocations_are_seen_and_listed(&PgRevocationRepository::new(db.pool.clone()), user)
+        .await;
+}
+
+#[tokio::test]
+async fn pg_audit_appends_filters_and_counts() {
+    let db = TestDb::new().await.unwrap();
+    let (user, other) = two_users(&db).await;
+    auth::audit_appends_filters_and_counts(&PgAuditRepository::new(db.pool.clone()), user, other)
+        .await;
 }
