@@ -470,6 +470,67 @@ pub async fn rescue_stale_counts_toward_crash_loop<P: PipelineRepository, R: Run
     assert!(again.requeued.is_empty() && again.abandoned.is_empty());
 }
 
+/// Claim order: runs never given a due time (fresh or released now) first, oldest first; then due
+/// timers by due time. `limit` bounds each claim.
+pub async fn claim_takes_undated_runs_first_then_due_timers<
+    P: PipelineRepository,
+    R: RunRepository,
+>(
+    pipelines: &P,
+    runs: &R,
+    owner: Uuid,
+) {
+    let pid = pipeline(pipelines, owner, "order").await;
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        ids.push(
+            runs.create_run(owner, pid, json!({}), now())
+                .await
+                .unwrap()
+                .unwrap()
+                .id,
+        );
+    }
+    let a = Uuid::now_v7();
+    let t = now();
+    let lease = t + Duration::seconds(60);
+    let got = runs.claim(a, t, lease, 1).await.unwrap();
+    assert_eq!(got[0].run.id, ids[0], "oldest first");
+    // The oldest now waits on a timer that is already due.
+    runs.apply(
+        ids[0],
+        a,
+        &[],
+        RunCommit::Release {
+            due_at: Some(t - Duration::seconds(1)),
+        },
+    )
+    .await
+    .unwrap();
+    let newest = runs
+        .create_run(owner, pid, json!({}), now())
+        .await
+        .unwrap()
+        .unwrap()
+        .id;
+    let t = now();
+    let order: Vec<Uuid> = {
+        let mut v = Vec::new();
+        for _ in 0..3 {
+            let c = runs.claim(a, t, lease, 1).await.unwrap();
+            assert_eq!(c.len(), 1);
+            v.push(c[0].run.id);
+        }
+        v
+    };
+    assert_eq!(
+        order,
+        [ids[1], newest, ids[0]],
+        "undated first, then due timers"
+    );
+    assert!(runs.claim(a, t, lease, 1).await.unwrap().is_empty());
+}
+
 /// Every contract against the in-memory fake.
 #[cfg(test)]
 mod memory_fake {
@@ -499,6 +560,12 @@ mod memory_fake {
         let s = MemoryStore::new();
         cancel_ends_queued_flags_held_and_reports_finished(&s, &s, Uuid::now_v7(), Uuid::now_v7())
             .await;
+    }
+
+    #[tokio::test]
+    async fn memory_claim_takes_undated_runs_first_then_due_timers() {
+        let s = MemoryStore::new();
+        claim_takes_undated_runs_first_then_due_timers(&s, &s, Uuid::now_v7()).await;
     }
 
     #[tokio::test]

@@ -47,6 +47,13 @@ async fn pg_cancel_ends_queued_flags_held_and_reports_finished() {
 }
 
 #[tokio::test]
+async fn pg_claim_takes_undated_runs_first_then_due_timers() {
+    let (db, p, r) = pipeline_setup().await;
+    let owner = db.user().await;
+    pipeline::claim_takes_undated_runs_first_then_due_timers(&p, &r, owner).await;
+}
+
+#[tokio::test]
 async fn pg_rescue_stale_counts_toward_crash_loop() {
     let (db, p, r) = pipeline_setup().await;
     let owner = db.user().await;
