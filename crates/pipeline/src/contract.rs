@@ -531,6 +531,102 @@ pub async fn claim_takes_undated_runs_first_then_due_timers<
     assert!(runs.claim(a, t, lease, 1).await.unwrap().is_empty());
 }
 
+/// A run records the version current at its creation; the first claim sets `started_at` and the
+/// deadline from the version's `timeout_ms`; `Interrupted` releases and counts a rescue; deleting
+/// the pipeline deletes its runs.
+pub async fn versions_deadlines_interruptions_and_delete<
+    P: PipelineRepository,
+    R: RunRepository,
+>(
+    pipelines: &P,
+    runs: &R,
+    owner: Uuid,
+) {
+    let pid = pipeline(pipelines, owner, "versions").await;
+    let old = runs
+        .create_run(owner, pid, json!({}), now())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut def = definition();
+    def.timeout_ms = Some(60_000);
+    let v2 = pipelines
+        .update(
+            owner,
+            pid,
+            PipelineUpdate {
+                definition: Some(def.clone()),
+                ..PipelineUpdate::default()
+            },
+            now(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(v2.version, 2);
+    assert_eq!(v2.definition, def);
+    let new = runs
+        .create_run(owner, pid, json!({}), now())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(old.pipeline_version, 1);
+    assert_eq!(new.pipeline_version, 2);
+    assert!(new.started_at.is_none() && new.deadline_at.is_none());
+
+    let a = Uuid::now_v7();
+    let t = now();
+    let lease = t + Duration::seconds(60);
+    let claimed = runs.claim(a, t, lease, 10).await.unwrap();
+    assert_eq!(claimed.len(), 2);
+    let c_old = claimed.iter().find(|c| c.run.id == old.id).unwrap();
+    let c_new = claimed.iter().find(|c| c.run.id == new.id).unwrap();
+    assert_eq!(
+        c_old.definition,
+        definition(),
+        "the version the run was created on"
+    );
+    assert_eq!(c_new.definition, def);
+    assert_eq!(c_new.run.started_at, Some(t));
+    assert_eq!(
+        c_new.run.deadline_at,
+        Some(t + Duration::milliseconds(60_000))
+    );
+    assert_eq!(c_old.run.deadline_at, None);
+
+    runs.apply(new.id, a, &[], RunCommit::Interrupted)
+        .await
+        .unwrap();
+    let t2 = t + Duration::seconds(5);
+    let again = runs.claim(a, t2, lease, 10).await.unwrap();
+    assert_eq!(again.len(), 1, "an interrupted run is claimable now");
+    assert_eq!(again[0].run.id, new.id);
+    assert_eq!(again[0].rescue_count, 1);
+    assert!(!again[0].first_start);
+    assert_eq!(again[0].run.started_at, Some(t), "started once");
+    assert_eq!(
+        again[0].run.deadline_at,
+        Some(t + Duration::milliseconds(60_000))
+    );
+
+    assert!(pipelines.delete(owner, pid).await.unwrap());
+    assert!(runs.get_run(owner, old.id).await.unwrap().is_none());
+    assert!(runs.get_run(owner, new.id).await.unwrap().is_none());
+    assert!(
+        runs.list_runs(owner, pid, PageRequest::default())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        runs.heartbeat(a, &[old.id, new.id], lease)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(runs.claim(a, t2, lease, 10).await.unwrap().is_empty());
+}
+
 /// Every contract against the in-memory fake.
 #[cfg(test)]
 mod memory_fake {
@@ -566,6 +662,12 @@ mod memory_fake {
     async fn memory_claim_takes_undated_runs_first_then_due_timers() {
         let s = MemoryStore::new();
         claim_takes_undated_runs_first_then_due_timers(&s, &s, Uuid::now_v7()).await;
+    }
+
+    #[tokio::test]
+    async fn memory_versions_deadlines_interruptions_and_delete() {
+        let s = MemoryStore::new();
+        versions_deadlines_interruptions_and_delete(&s, &s, Uuid::now_v7()).await;
     }
 
     #[tokio::test]

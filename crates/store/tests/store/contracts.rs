@@ -54,6 +54,13 @@ async fn pg_claim_takes_undated_runs_first_then_due_timers() {
 }
 
 #[tokio::test]
+async fn pg_versions_deadlines_interruptions_and_delete() {
+    let (db, p, r) = pipeline_setup().await;
+    let owner = db.user().await;
+    pipeline::versions_deadlines_interruptions_and_delete(&p, &r, owner).await;
+}
+
+#[tokio::test]
 async fn pg_rescue_stale_counts_toward_crash_loop() {
     let (db, p, r) = pipeline_setup().await;
     let owner = db.user().await;
