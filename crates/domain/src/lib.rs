@@ -9,6 +9,8 @@ pub mod clock;
 pub mod error;
 pub mod events;
 pub mod notifications;
+#[cfg(any(test, feature = "test-support"))]
+pub mod notifications_contract;
 pub mod notify;
 pub mod page;
 pub mod pipeline;

@@ -104,3 +104,15 @@ async fn pg_audit_appends_filters_and_counts() {
     auth::audit_appends_filters_and_counts(&PgAuditRepository::new(db.pool.clone()), user, other)
         .await;
 }
+
+#[tokio::test]
+async fn pg_notifications_are_idempotent_scoped_and_paged() {
+    let db = TestDb::new().await.unwrap();
+    let (user, other) = two_users(&db).await;
+    gathering_domain::notifications_contract::notifications_are_idempotent_scoped_and_paged(
+        &gathering_store::notifications::PgNotificationRepository::new(db.pool.clone()),
+        user,
+        other,
+    )
+    .await;
+}
