@@ -627,6 +627,46 @@ pub async fn versions_deadlines_interruptions_and_delete<
     assert!(runs.claim(a, t2, lease, 10).await.unwrap().is_empty());
 }
 
+/// Claims racing each other (`FOR UPDATE SKIP LOCKED` in PostgreSQL) never hand one run to two
+/// executors, and together take every claimable run.
+pub async fn concurrent_claims_never_share_a_run<P: PipelineRepository, R: RunRepository>(
+    pipelines: &P,
+    runs: &R,
+    owner: Uuid,
+) {
+    let pid = pipeline(pipelines, owner, "race").await;
+    let mut created = std::collections::BTreeSet::new();
+    for _ in 0..24 {
+        created.insert(
+            runs.create_run(owner, pid, json!({}), now())
+                .await
+                .unwrap()
+                .unwrap()
+                .id,
+        );
+    }
+    let t = now();
+    let lease = t + Duration::seconds(60);
+    let claims =
+        futures::future::join_all((0..8).map(|_| runs.claim(Uuid::now_v7(), t, lease, 4))).await;
+    let mut seen = std::collections::BTreeSet::new();
+    for c in claims {
+        let c = c.unwrap();
+        assert!(c.len() <= 4, "limit is honoured");
+        for run in c {
+            assert!(seen.insert(run.run.id), "run {} claimed twice", run.run.id);
+        }
+    }
+    // 8 x 4 >= 24: every run was taken, by exactly one claimer.
+    assert_eq!(seen, created);
+    assert!(
+        runs.claim(Uuid::now_v7(), t, lease, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 /// Every contract against the in-memory fake.
 #[cfg(test)]
 mod memory_fake {
@@ -668,6 +708,12 @@ mod memory_fake {
     async fn memory_versions_deadlines_interruptions_and_delete() {
         let s = MemoryStore::new();
         versions_deadlines_interruptions_and_delete(&s, &s, Uuid::now_v7()).await;
+    }
+
+    #[tokio::test]
+    async fn memory_concurrent_claims_never_share_a_run() {
+        let s = MemoryStore::new();
+        concurrent_claims_never_share_a_run(&s, &s, Uuid::now_v7()).await;
     }
 
     #[tokio::test]

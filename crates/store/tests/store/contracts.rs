@@ -61,6 +61,13 @@ async fn pg_versions_deadlines_interruptions_and_delete() {
 }
 
 #[tokio::test]
+async fn pg_concurrent_claims_never_share_a_run() {
+    let (db, p, r) = pipeline_setup().await;
+    let owner = db.user().await;
+    pipeline::concurrent_claims_never_share_a_run(&p, &r, owner).await;
+}
+
+#[tokio::test]
 async fn pg_rescue_stale_counts_toward_crash_loop() {
     let (db, p, r) = pipeline_setup().await;
     let owner = db.user().await;
