@@ -171,7 +171,8 @@ impl RefreshTokenRepository for InMemoryRefreshTokens {
     async fn insert(&self, t: NewRefreshToken) -> Result<(), RepoError> {
         let mut rows = self.rows.lock();
         if rows.iter().any(|r| r.token_hash == t.token_hash) {
-            return Err(RepoError::Conflict("token_hash".into()));
+            // The name of the unique constraint, as the PostgreSQL store reports it.
+            return Err(RepoError::Conflict("refresh_tokens_token_hash_key".into()));
         }
         rows.push(RefreshTokenRecord {
             id: t.id,
@@ -202,8 +203,10 @@ impl RefreshTokenRepository for InMemoryRefreshTokens {
         if old.expires_at <= now {
             return Ok(RotateOutcome::Expired { old: old.clone() });
         }
+        // Answer the record as presented (before it was marked used), like the PostgreSQL one.
+        let presented = old.clone();
         old.used_at = Some(now);
-        let old = old.clone();
+        let old = presented;
         rows.push(RefreshTokenRecord {
             id: new.id,
             user_id: old.user_id,
@@ -222,7 +225,10 @@ impl RefreshTokenRepository for InMemoryRefreshTokens {
         for r in self.rows.lock().iter_mut() {
             if r.family_id == family_id && r.revoked_at.is_none() {
                 r.revoked_at = Some(now);
-                n += 1;
+                // Counts the LIVE tokens revoked (not used, not expired), like PostgreSQL.
+                if r.used_at.is_none() && r.expires_at > now {
+                    n += 1;
+                }
             }
         }
         Ok(n)
@@ -256,7 +262,10 @@ impl RefreshTokenRepository for InMemoryRefreshTokens {
         for r in self.rows.lock().iter_mut() {
             if r.user_id == user_id && r.revoked_at.is_none() {
                 r.revoked_at = Some(now);
-                n += 1;
+                // Counts the LIVE tokens revoked (not used, not expired), like PostgreSQL.
+                if r.used_at.is_none() && r.expires_at > now {
+                    n += 1;
+                }
             }
         }
         Ok(n)
@@ -440,7 +449,9 @@ impl InMemoryAudit {
 
 #[async_trait]
 impl AuditRepository for InMemoryAudit {
-    async fn record(&self, event: AuditEvent) -> Result<(), RepoError> {
+    async fn record(&self, mut event: AuditEvent) -> Result<(), RepoError> {
+        // Stored lower-cased, like PostgreSQL (the failed-login counter compares lower-cased).
+        event.email = event.email.map(|e| e.to_lowercase());
         self.rows.lock().push(event);
         Ok(())
     }

@@ -5,6 +5,8 @@
 
 pub mod cache;
 pub mod config;
+#[cfg(any(test, feature = "fakes"))]
+pub mod contract;
 pub mod email;
 pub mod error;
 #[cfg(any(test, feature = "fakes"))]

@@ -10,6 +10,8 @@ pub mod codes;
 pub mod error;
 pub mod events;
 pub mod notifications;
+#[cfg(any(test, feature = "test-support"))]
+pub mod notifications_contract;
 pub mod notify;
 pub mod page;
 pub mod pipeline;

@@ -5,6 +5,8 @@
 //! [`service::PipelineService`] used by the HTTP layer and the scheduler.
 
 pub mod condition;
+#[cfg(any(test, feature = "test-support"))]
+pub mod contract;
 pub mod error;
 pub mod template;
 pub mod validate;

@@ -255,17 +255,23 @@ impl RunRepository for MemoryStore {
     ) -> Result<Vec<ClaimedRun>, RepoError> {
         let mut s = self.state.lock();
         let MemState { runs, versions, .. } = &mut *s;
+        // The PostgreSQL order: `ORDER BY due_at NULLS FIRST, id`.
+        let mut order: Vec<(bool, Option<DateTime<Utc>>, Uuid)> = runs
+            .values()
+            .filter(|r| {
+                r.lease_owner.is_none()
+                    && !r.run.status.is_terminal()
+                    && r.due_at.is_none_or(|d| d <= now)
+            })
+            .map(|r| (r.due_at.is_some(), r.due_at, r.run.id))
+            .collect();
+        order.sort_unstable();
+        order.truncate(limit as usize);
         let mut out = Vec::new();
-        for r in runs.values_mut() {
-            if out.len() >= limit as usize {
-                break;
-            }
-            let claimable = r.lease_owner.is_none()
-                && !r.run.status.is_terminal()
-                && r.due_at.is_none_or(|d| d <= now);
-            if !claimable {
+        for (_, _, id) in order {
+            let Some(r) = runs.get_mut(&id) else {
                 continue;
-            }
+            };
             let first_start = r.run.started_at.is_none();
             r.run.status = RunStatus::Running;
             r.lease_owner = Some(owner);

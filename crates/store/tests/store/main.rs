@@ -3,6 +3,7 @@
 
 mod agents_repo;
 mod auth_repos;
+mod contracts;
 mod listener;
 mod notifications_repo;
 mod pipeline_repo;
