@@ -10,9 +10,12 @@ use serde::Deserialize;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
+/// The whole configuration. Each section is its owning crate's settings struct, which holds
+/// that section's defaults (`#[serde(default)]` + `Default`); only `server`, `database` and
+/// `data_dir`, which no crate owns, have their defaults here. No default is written twice.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
 pub struct Settings {
-    #[serde(default)]
     pub database_url: Option<SecretString>,
     pub data_dir: PathBuf,
     pub server: ServerSettings,
@@ -21,15 +24,35 @@ pub struct Settings {
     pub rate_limit: RateLimitSettings,
     pub tools: ToolsSettings,
     pub pipeline: gathering_pipeline::settings::PipelineSettings,
-    #[serde(default)]
     pub scheduler: SchedulerSettings,
     pub events: EventsSettings,
-    #[serde(default)]
     pub llm: LlmSettings,
     pub quotas: QuotaSettings,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            database_url: None,
+            // `GATHERING__DATA_DIR`
+            data_dir: PathBuf::from("./.gathering"),
+            server: ServerSettings::default(),
+            database: DatabaseSettings::default(),
+            auth: AuthSettings::default(),
+            rate_limit: RateLimitSettings::default(),
+            tools: ToolsSettings::default(),
+            pipeline: gathering_pipeline::settings::PipelineSettings::default(),
+            scheduler: SchedulerSettings::default(),
+            events: EventsSettings::default(),
+            llm: LlmSettings::default(),
+            quotas: QuotaSettings::default(),
+        }
+    }
+}
+
+/// `[server]` (`GATHERING__SERVER__*`): no crate owns it, so its defaults live here, once.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default)]
 pub struct ServerSettings {
     pub host: String,
     pub port: u16,
@@ -40,7 +63,21 @@ pub struct ServerSettings {
     pub workers: usize,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".to_owned(),
+            port: 8080,
+            shutdown_timeout_secs: 30,
+            trusted_proxies: String::new(),
+            workers: 0,
+        }
+    }
+}
+
+/// `[database]` (`GATHERING__DATABASE__*`): no crate owns it, so its defaults live here, once.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default)]
 pub struct DatabaseSettings {
     pub pool_max_size: usize,
     pub acquire_timeout_secs: u64,
@@ -48,162 +85,37 @@ pub struct DatabaseSettings {
     pub startup_wait_secs: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-pub struct AuthSettings {
-    /// 64 hex characters; generated once into the data dir when unset.
-    #[serde(default)]
-    pub token_key: Option<SecretString>,
-    #[serde(default)]
-    pub admin_email: Option<String>,
-    #[serde(default)]
-    pub admin_password: Option<SecretString>,
-    pub access_ttl_secs: u64,
-    pub refresh_ttl_secs: u64,
-    pub max_failed_logins: u32,
-    pub lockout_window_secs: u64,
-    /// Progressive per-account login delay after `max_failed_logins`: base and cap (seconds).
-    pub lockout_base_delay_secs: u64,
-    pub lockout_max_delay_secs: u64,
-    /// Concurrent password hashes; 0 = number of cores.
-    pub hash_concurrency: usize,
-    pub revocation_cache_capacity: usize,
-    /// Verified access tokens kept in memory; 0 disables.
-    pub token_cache_capacity: usize,
-    /// User rows kept in memory for `GET /auth/me`; 0 disables.
-    pub user_cache_capacity: usize,
-    pub user_cache_ttl_secs: u64,
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            pool_max_size: 16,
+            acquire_timeout_secs: 5,
+            startup_wait_secs: 30,
+        }
+    }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-pub struct RateLimitSettings {
-    pub auth_per_minute: u32,
-    pub write_per_minute: u32,
-    pub read_per_minute: u32,
-    pub max_keys: usize,
-}
+/// `[auth]`: the auth crate's own section; its defaults live there, not here.
+pub use gathering_auth::AuthSettings;
 
-#[derive(Debug, Clone, Deserialize)]
-pub struct ToolsSettings {
-    /// Comma-separated hosts (`host` or `host:port`) that may be reached although loopback/private.
-    pub http_allowed_hosts: String,
-    pub max_response_bytes: usize,
-    pub blocking_concurrency: usize,
-    /// Comma-separated `channel=url` pairs for `send_notification` webhooks.
-    pub webhooks: String,
-    /// Largest tool output (JSON bytes) and its deepest nesting.
-    pub max_output_bytes: usize,
-    pub max_output_depth: usize,
-    /// Deepest nesting of a `json_query` expression, checked before compiling it.
-    pub json_query_max_depth: usize,
-    /// Most memory a `json_query` evaluation may materialize, in bytes.
-    pub json_query_max_work_bytes: usize,
-}
+/// `[rate_limit]`: the api crate's own section; its defaults live there, not here.
+pub use gathering_api::ratelimit::RateLimitSettings;
+
+/// `[tools]`: the tools crate's own section; its defaults live there, not here.
+pub use gathering_tools::ToolsSettings;
 
 /// `[scheduler]`: the scheduler crate's own section; its defaults live there, not here.
 pub use gathering_scheduler::SchedulerSettings;
 
-/// Per-user quotas (`GATHERING__QUOTAS__*`); 0 disables one.
-#[derive(Debug, Clone, Deserialize)]
-pub struct QuotaSettings {
-    pub schedules_per_user: u64,
-    pub pipelines_per_user: u64,
-    pub agents_per_user: u64,
-    /// Bytes a user may write into workspaces (`write_file`), net of overwrites.
-    pub workspace_bytes_per_user: u64,
-}
+/// `[quotas]` (`GATHERING__QUOTAS__*`; 0 disables one): the store crate's per-user limits;
+/// their defaults live there, not here.
+pub use gathering_store::quotas::QuotaLimits as QuotaSettings;
 
-#[derive(Debug, Clone, Deserialize)]
-pub struct EventsSettings {
-    pub queue_capacity: usize,
-    pub flush_window_ms: u64,
-    pub history_per_user: usize,
-    pub max_users_in_history: usize,
-    pub subscriber_capacity: usize,
-    /// WebSocket ping interval (at least 1 s).
-    pub ws_heartbeat_secs: u64,
-    /// A WebSocket client silent (no pong, no message) for this long is closed with 1008.
-    pub ws_client_timeout_secs: u64,
-    /// Open WebSocket connections per user on one instance.
-    pub ws_max_connections_per_user: usize,
-    /// Upgraded WebSocket connections still waiting for their first-message token, per
-    /// instance (all users together).
-    pub ws_max_unauthenticated: usize,
-}
+/// `[events]`: the events crate's own section; its defaults live there, not here.
+pub use gathering_events::EventsSettings;
 
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct ProviderSettings {
-    #[serde(default)]
-    pub base_url: Option<String>,
-    #[serde(default)]
-    pub api_key: Option<SecretString>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct LlmSettings {
-    #[serde(default)]
-    pub openai: ProviderSettings,
-    #[serde(default)]
-    pub anthropic: ProviderSettings,
-    #[serde(default)]
-    pub deepseek: ProviderSettings,
-    #[serde(default)]
-    pub ollama: ProviderSettings,
-    /// 64 hex characters for encrypting per-user provider keys; generated into the data dir when unset.
-    #[serde(default)]
-    pub settings_key: Option<SecretString>,
-}
-
-const DEFAULTS: &[(&str, &str)] = &[
-    ("data_dir", "./.gathering"),
-    ("server.host", "127.0.0.1"),
-    ("server.port", "8080"),
-    ("server.shutdown_timeout_secs", "30"),
-    ("server.trusted_proxies", ""),
-    ("server.workers", "0"),
-    ("database.pool_max_size", "16"),
-    ("database.acquire_timeout_secs", "5"),
-    ("database.startup_wait_secs", "30"),
-    ("auth.access_ttl_secs", "900"),
-    ("auth.refresh_ttl_secs", "1209600"),
-    ("auth.max_failed_logins", "5"),
-    ("auth.lockout_window_secs", "900"),
-    ("auth.lockout_base_delay_secs", "1"),
-    ("auth.lockout_max_delay_secs", "300"),
-    ("auth.hash_concurrency", "0"),
-    ("auth.revocation_cache_capacity", "100000"),
-    ("auth.token_cache_capacity", "10000"),
-    ("auth.user_cache_capacity", "10000"),
-    ("auth.user_cache_ttl_secs", "30"),
-    ("rate_limit.auth_per_minute", "20"),
-    ("rate_limit.write_per_minute", "300"),
-    ("rate_limit.read_per_minute", "1200"),
-    ("rate_limit.max_keys", "100000"),
-    ("tools.http_allowed_hosts", ""),
-    ("tools.max_response_bytes", "1048576"),
-    ("tools.blocking_concurrency", "8"),
-    ("tools.webhooks", ""),
-    ("tools.max_output_bytes", "1048576"),
-    ("tools.max_output_depth", "64"),
-    ("tools.json_query_max_depth", "64"),
-    ("tools.json_query_max_work_bytes", "67108864"),
-    ("pipeline.breaker_failures", "5"),
-    ("pipeline.breaker_cooldown_secs", "30"),
-    ("pipeline.max_concurrent_nodes", "64"),
-    ("pipeline.lease_secs", "30"),
-    ("quotas.schedules_per_user", "1000"),
-    ("quotas.pipelines_per_user", "1000"),
-    ("quotas.agents_per_user", "200"),
-    ("quotas.workspace_bytes_per_user", "104857600"),
-    ("events.queue_capacity", "65536"),
-    ("events.flush_window_ms", "50"),
-    ("events.history_per_user", "200"),
-    ("events.max_users_in_history", "10000"),
-    ("events.subscriber_capacity", "1024"),
-    ("events.ws_heartbeat_secs", "15"),
-    ("events.ws_client_timeout_secs", "45"),
-    ("events.ws_max_connections_per_user", "16"),
-    ("events.ws_max_unauthenticated", "256"),
-];
+/// `[llm]`: the llm crate's own section (all optional).
+pub use gathering_llm::server_settings::{LlmSettings, ProviderSettings};
 
 impl Settings {
     /// Reads the configuration from the process environment.
@@ -214,10 +126,8 @@ impl Settings {
 
     /// Reads the configuration from the given environment (tests pass their own).
     pub fn from_sources(env: &[(String, String)]) -> anyhow::Result<Settings> {
+        // Defaults: each section's `Default` (serde defaults), never repeated here.
         let mut builder = config::Config::builder();
-        for (k, v) in DEFAULTS {
-            builder = builder.set_default(*k, *v)?;
-        }
         let lookup = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
         let file = lookup("GATHERING_CONFIG").map(PathBuf::from).or_else(|| {
             let p = PathBuf::from("gathering.toml");
@@ -360,6 +270,212 @@ mod tests {
             s.scheduler.heartbeat_secs, 5,
             "unset keys keep their default"
         );
+    }
+
+    /// The composition of each owning crate's `Default`, written out section by section.
+    fn composed_defaults() -> Settings {
+        Settings {
+            database_url: None,
+            data_dir: PathBuf::from("./.gathering"),
+            server: ServerSettings::default(),
+            database: DatabaseSettings::default(),
+            auth: gathering_auth::AuthSettings::default(),
+            rate_limit: gathering_api::ratelimit::RateLimitSettings::default(),
+            tools: gathering_tools::ToolsSettings::default(),
+            pipeline: gathering_pipeline::settings::PipelineSettings::default(),
+            scheduler: gathering_scheduler::SchedulerSettings::default(),
+            events: gathering_events::EventsSettings::default(),
+            llm: gathering_llm::server_settings::LlmSettings::default(),
+            quotas: gathering_store::quotas::QuotaLimits::default(),
+        }
+    }
+
+    #[test]
+    fn an_empty_configuration_is_the_composition_of_each_crates_defaults() {
+        let s = Settings::from_sources(&[]).unwrap();
+        let d = composed_defaults();
+        assert_eq!(s.server, d.server);
+        assert_eq!(s.database, d.database);
+        assert_eq!(s.rate_limit, d.rate_limit);
+        assert_eq!(s.tools, d.tools);
+        assert_eq!(s.pipeline, d.pipeline);
+        assert_eq!(s.scheduler, d.scheduler);
+        assert_eq!(s.events, d.events);
+        assert_eq!(s.quotas, d.quotas);
+        assert_eq!(s.data_dir, d.data_dir);
+        // Sections holding secrets have no `PartialEq`; their `Debug` shows every other field.
+        assert_eq!(format!("{:?}", s.auth), format!("{:?}", d.auth));
+        assert_eq!(format!("{:?}", s.llm), format!("{:?}", d.llm));
+        assert_eq!(format!("{s:?}"), format!("{d:?}"));
+        assert_eq!(format!("{:?}", Settings::default()), format!("{d:?}"));
+    }
+
+    #[test]
+    fn the_defaults_are_the_values_the_server_has_always_run_with() {
+        let s = Settings::from_sources(&[]).unwrap();
+        assert_eq!(s.data_dir, PathBuf::from("./.gathering"));
+        assert_eq!(
+            (
+                s.server.host.as_str(),
+                s.server.port,
+                s.server.shutdown_timeout_secs
+            ),
+            ("127.0.0.1", 8080, 30)
+        );
+        assert_eq!(
+            (s.server.trusted_proxies.as_str(), s.server.workers),
+            ("", 0)
+        );
+        assert_eq!(
+            (
+                s.database.pool_max_size,
+                s.database.acquire_timeout_secs,
+                s.database.startup_wait_secs
+            ),
+            (16, 5, 30)
+        );
+        let a = &s.auth;
+        assert_eq!(
+            (a.access_ttl_secs, a.refresh_ttl_secs, a.max_failed_logins),
+            (900, 1_209_600, 5)
+        );
+        assert_eq!(
+            (
+                a.lockout_window_secs,
+                a.lockout_base_delay_secs,
+                a.lockout_max_delay_secs
+            ),
+            (900, 1, 300)
+        );
+        assert_eq!(
+            (
+                a.hash_concurrency,
+                a.revocation_cache_capacity,
+                a.token_cache_capacity,
+                a.user_cache_capacity,
+                a.user_cache_ttl_secs
+            ),
+            (0, 100_000, 10_000, 10_000, 30)
+        );
+        let r = &s.rate_limit;
+        assert_eq!(
+            (
+                r.auth_per_minute,
+                r.write_per_minute,
+                r.read_per_minute,
+                r.max_keys
+            ),
+            (20, 300, 1200, 100_000)
+        );
+        let t = &s.tools;
+        assert_eq!(
+            (
+                t.max_response_bytes,
+                t.blocking_concurrency,
+                t.max_output_bytes
+            ),
+            (1_048_576, 8, 1_048_576)
+        );
+        assert_eq!(
+            (
+                t.max_output_depth,
+                t.json_query_max_depth,
+                t.json_query_max_work_bytes
+            ),
+            (64, 64, 67_108_864)
+        );
+        let p = &s.pipeline;
+        assert_eq!(
+            (
+                p.breaker_failures,
+                p.breaker_cooldown_secs,
+                p.max_concurrent_nodes,
+                p.lease_secs
+            ),
+            (5, 30, 64, 30)
+        );
+        let q = &s.quotas;
+        assert_eq!(
+            (
+                q.schedules_per_user,
+                q.pipelines_per_user,
+                q.agents_per_user,
+                q.workspace_bytes_per_user
+            ),
+            (1000, 1000, 200, 104_857_600)
+        );
+        let e = &s.events;
+        assert_eq!(
+            (
+                e.queue_capacity,
+                e.flush_window_ms,
+                e.history_per_user,
+                e.max_users_in_history
+            ),
+            (65_536, 50, 200, 10_000)
+        );
+        assert_eq!(
+            (
+                e.subscriber_capacity,
+                e.ws_heartbeat_secs,
+                e.ws_client_timeout_secs,
+                e.ws_max_connections_per_user,
+                e.ws_max_unauthenticated
+            ),
+            (1024, 15, 45, 16, 256)
+        );
+    }
+
+    #[test]
+    fn every_moved_section_keeps_its_environment_names() {
+        let s = Settings::from_sources(&env(&[
+            ("GATHERING__DATABASE__POOL_MAX_SIZE", "3"),
+            ("GATHERING__AUTH__TOKEN_CACHE_CAPACITY", "0"),
+            ("GATHERING__AUTH__ADMIN_EMAIL", "root@example.com"),
+            ("GATHERING__RATE_LIMIT__WRITE_PER_MINUTE", "7"),
+            ("GATHERING__TOOLS__BLOCKING_CONCURRENCY", "2"),
+            ("GATHERING__TOOLS__WEBHOOKS", "ops=http://h/x"),
+            ("GATHERING__EVENTS__WS_MAX_UNAUTHENTICATED", "4"),
+            ("GATHERING__EVENTS__FLUSH_WINDOW_MS", "9"),
+            ("GATHERING__QUOTAS__AGENTS_PER_USER", "2"),
+            ("GATHERING__LLM__OLLAMA__BASE_URL", "http://127.0.0.1:11434"),
+            ("GATHERING__LLM__SETTINGS_KEY", "ab"),
+            ("GATHERING__PIPELINE__BREAKER_FAILURES", "2"),
+        ]))
+        .unwrap();
+        let d = composed_defaults();
+        assert_eq!(s.database.pool_max_size, 3);
+        assert_eq!(
+            s.database.acquire_timeout_secs,
+            d.database.acquire_timeout_secs
+        );
+        assert_eq!(s.auth.token_cache_capacity, 0);
+        assert_eq!(s.auth.admin_email.as_deref(), Some("root@example.com"));
+        assert_eq!(s.auth.access_ttl_secs, d.auth.access_ttl_secs);
+        assert_eq!(s.rate_limit.write_per_minute, 7);
+        assert_eq!(s.rate_limit.read_per_minute, d.rate_limit.read_per_minute);
+        assert_eq!(s.tools.blocking_concurrency, 2);
+        assert_eq!(s.tools.webhooks, "ops=http://h/x");
+        assert_eq!(s.tools.max_output_depth, d.tools.max_output_depth);
+        assert_eq!(s.events.ws_max_unauthenticated, 4);
+        assert_eq!(s.events.flush_window_ms, 9);
+        assert_eq!(s.events.queue_capacity, d.events.queue_capacity);
+        assert_eq!(s.quotas.agents_per_user, 2);
+        assert_eq!(s.quotas.pipelines_per_user, d.quotas.pipelines_per_user);
+        assert_eq!(
+            s.llm.ollama.base_url.as_deref(),
+            Some("http://127.0.0.1:11434")
+        );
+        assert_eq!(
+            s.llm
+                .settings_key
+                .as_ref()
+                .map(|k| k.expose_secret().to_owned()),
+            Some("ab".to_owned())
+        );
+        assert!(s.llm.openai.base_url.is_none());
+        assert_eq!(s.pipeline.breaker_failures, 2);
+        assert_eq!(s.pipeline.lease_secs, d.pipeline.lease_secs);
     }
 
     #[test]

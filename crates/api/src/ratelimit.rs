@@ -60,7 +60,10 @@ impl KeyedLimiter {
     }
 }
 
-#[derive(Debug, Clone)]
+/// The `[rate_limit]` configuration section (`GATHERING__RATE_LIMIT__*`): the one place its
+/// defaults live; the binary composes it into its settings.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(default)]
 pub struct RateLimitSettings {
     pub auth_per_minute: u32,
     pub write_per_minute: u32,

@@ -15,6 +15,7 @@ pub mod maintenance;
 pub mod password;
 pub mod revocation;
 pub mod service;
+pub mod settings;
 pub mod tokens;
 
 pub use cache::{UserCache, VerifiedTokens};
@@ -25,6 +26,7 @@ pub use maintenance::spawn_purge;
 pub use password::{PasswordHasher, PasswordParams};
 pub use revocation::{CacheLookup, RevocationCache};
 pub use service::{AuthRepos, AuthService, PurgeReport, TokenPair};
+pub use settings::AuthSettings;
 pub use tokens::{AccessClaims, AccessTokens, IssuedToken, KeyRing, RefreshSecret, TokenError};
 
 #[cfg(test)]

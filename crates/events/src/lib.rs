@@ -16,9 +16,11 @@ mod config;
 mod error;
 mod flusher;
 pub mod remote;
+pub mod settings;
 
 pub use bus::{EventBus, EventStats, Received, Subscription};
 pub use config::EventsConfig;
 pub use error::EventsError;
 pub use flusher::Flusher;
 pub use remote::EVENTS_CHANNEL;
+pub use settings::EventsSettings;

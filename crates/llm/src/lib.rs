@@ -10,6 +10,7 @@ pub mod error;
 pub mod http;
 pub mod model;
 pub mod openai;
+pub mod server_settings;
 pub mod service;
 pub mod settings;
 pub mod sse;

@@ -9,8 +9,10 @@ use gathering_domain::RepoError;
 use gathering_domain::auth::UserId;
 use gathering_domain::quotas::WorkspaceQuota;
 
-/// The per-user limits; 0 disables a limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The per-user limits; 0 disables a limit. Also the `[quotas]` configuration section
+/// (`GATHERING__QUOTAS__*`): the one place its defaults live; the binary composes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(default)]
 pub struct QuotaLimits {
     pub schedules_per_user: u64,
     pub pipelines_per_user: u64,

@@ -10,9 +10,11 @@ pub mod error;
 pub mod limits;
 pub mod net;
 pub mod registry;
+pub mod settings;
 pub mod workspace;
 
 pub use config::ToolsConfig;
 pub use error::ToolsError;
 pub use limits::OutputLimits;
 pub use registry::{AsyncTool, BlockingTool, ToolRegistry, ToolSpec};
+pub use settings::ToolsSettings;
