@@ -339,7 +339,6 @@ impl PgRunRepository {
     }
 }
 
-const CANCELLED_ERROR: &str = r#"{"code": codes::CANCELLED, "message": "the run was cancelled"}"#;
 
 #[async_trait]
 impl RunRepository for PgRunRepository {
@@ -629,8 +628,8 @@ impl RunRepository for PgRunRepository {
             return Ok(Some(CancelOutcome::Requested));
         }
         // Nobody runs it (queued, or waiting on a timer): cancel it here and now.
-        let cancelled: Value = serde_json::from_str(CANCELLED_ERROR)
-            .map_err(|e| invalid("runs.error", e.to_string()))?;
+        let cancelled: Value =
+            serde_json::json!({"code": codes::CANCELLED, "message": "the run was cancelled"});
         let row = tx
             .query_one(
                 &format!(
