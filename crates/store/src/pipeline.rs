@@ -339,7 +339,6 @@ impl PgRunRepository {
     }
 }
 
-
 #[async_trait]
 impl RunRepository for PgRunRepository {
     async fn create_run(
