@@ -58,16 +58,22 @@ impl<T: DeserializeOwned + 'static> FromRequest for Json<T> {
         let body = web::Json::<Value>::from_request(req, payload);
         Box::pin(async move {
             let web::Json(value) = body.await?;
-            if let Some(pointer) = find_nul(&value) {
-                return Err(
-                    ApiError::validation(vec![FieldProblem::new(pointer, NUL_PROBLEM)]).into(),
-                );
-            }
-            T::deserialize(value)
-                .map(Json)
-                .map_err(|e| crate::json_error(JsonPayloadError::Deserialize(e)).into())
+            checked(value).map(Json).map_err(Into::into)
         })
     }
+}
+
+/// What every parsed JSON body goes through: a NUL anywhere is refused (422 naming it), then
+/// the value is deserialized into `T` (a type error is a 422 naming the field). Routes that read
+/// their body themselves (under their own size limit) call this too.
+pub(crate) fn checked<T: DeserializeOwned>(value: Value) -> Result<T, ApiError> {
+    if let Some(pointer) = find_nul(&value) {
+        return Err(ApiError::validation(vec![FieldProblem::new(
+            pointer,
+            NUL_PROBLEM,
+        )]));
+    }
+    T::deserialize(value).map_err(|e| crate::json_error(JsonPayloadError::Deserialize(e)))
 }
 
 /// An optional JSON body: `None` when the request has no body at all, else exactly

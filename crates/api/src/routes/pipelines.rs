@@ -258,21 +258,7 @@ fn parse_body<T: DeserializeOwned>(req: &HttpRequest, body: &[u8]) -> Result<T, 
     // Parsed as a value first, so a NUL anywhere is refused exactly as `Json<T>` refuses it.
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(codes::INVALID_JSON, format!("malformed JSON: {e}")))?;
-    if let Some(pointer) = crate::json::find_nul(&value) {
-        return Err(ApiError::validation(vec![FieldProblem::new(
-            pointer,
-            crate::json::NUL_PROBLEM,
-        )]));
-    }
-    T::deserialize(value).map_err(|e| {
-        let field = e
-            .to_string()
-            .split('`')
-            .nth(1)
-            .map(|f| format!("/{f}"))
-            .unwrap_or_default();
-        ApiError::validation(vec![FieldProblem::new(field, e.to_string())])
-    })
+    crate::json::checked(value)
 }
 
 #[utoipa::path(post, path = "/api/v1/pipelines", tag = "pipelines", request_body = CreatePipelineBody,
