@@ -140,6 +140,46 @@ pub async fn spawn_app_on(db: &TestDatabase, env: &[(&str, &str)]) -> TestApp {
 }
 
 impl TestApp {
+    /// `POST /pipelines` that must succeed; the new pipeline's id.
+    pub async fn create_pipeline(&self, token: &str, body: Value) -> String {
+        let r = self.post("/pipelines", &body, Some(token)).await;
+        let status = r.status();
+        let text = r.text().await.unwrap();
+        assert_eq!(status, StatusCode::CREATED, "{text}");
+        let p: Value = serde_json::from_str(&text).unwrap();
+        p["id"].as_str().unwrap().to_owned()
+    }
+
+    /// `POST /pipelines/{id}/runs` that must be accepted as `queued`; the run's id.
+    pub async fn start_run(&self, token: &str, pipeline: &str, input: Value) -> String {
+        let r = self
+            .post(
+                &format!("/pipelines/{pipeline}/runs"),
+                &json!({"input": input}),
+                Some(token),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        let run: Value = r.json().await.unwrap();
+        assert_eq!(run["status"], "queued");
+        run["id"].as_str().unwrap().to_owned()
+    }
+
+    /// `GET /runs/{id}` that must answer 200.
+    pub async fn run_json(&self, token: &str, run: &str) -> Value {
+        let r = self.get(&format!("/runs/{run}"), Some(token)).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        r.json().await.unwrap()
+    }
+
+    /// Polls `GET /runs/{id}` until the run is neither queued nor running (at most 60 s).
+    pub async fn run_finished(&self, token: &str, run: &str) -> Value {
+        wait_for(Duration::from_secs(60), || async {
+            let r = self.run_json(token, run).await;
+            (!matches!(r["status"].as_str(), Some("queued") | Some("running"))).then_some(r)
+        })
+        .await
+    }
     pub fn url(&self, path: &str) -> String {
         if path.starts_with("/health") || path.starts_with("/docs") || path.starts_with("/api/") {
             format!("{}{}", self.address, path)
@@ -287,3 +327,13 @@ pub async fn assert_error(r: Response, status: StatusCode, code: &str) -> Value 
 
 /// The kit's condition waits and direct user insert, shared with the crates' own tests.
 pub use gathering_store::test_support::{insert_user, wait_for, wait_until};
+
+/// The node `id` of a run detail (`GET /runs/{id}`).
+pub fn run_node<'a>(run: &'a Value, id: &str) -> &'a Value {
+    run["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node_id"] == id)
+        .unwrap_or_else(|| panic!("node {id} in {run}"))
+}

@@ -9,57 +9,6 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
-async fn create(app: &TestApp, token: &str, body: Value) -> String {
-    let r = app.post("/pipelines", &body, Some(token)).await;
-    assert_eq!(
-        r.status(),
-        StatusCode::CREATED,
-        "{}",
-        r.text().await.unwrap()
-    );
-    let p: Value = r.json().await.unwrap();
-    p["id"].as_str().unwrap().to_owned()
-}
-
-async fn start(app: &TestApp, token: &str, pipeline: &str, input: Value) -> String {
-    let r = app
-        .post(
-            &format!("/pipelines/{pipeline}/runs"),
-            &json!({"input": input}),
-            Some(token),
-        )
-        .await;
-    assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let run: Value = r.json().await.unwrap();
-    run["id"].as_str().unwrap().to_owned()
-}
-
-/// Polls `GET /runs/{id}` until the run has finished (bounded).
-async fn finished(app: &TestApp, token: &str, run: &str) -> Value {
-    tokio::time::timeout(Duration::from_secs(60), async {
-        loop {
-            let r = app.get(&format!("/runs/{run}"), Some(token)).await;
-            assert_eq!(r.status(), StatusCode::OK);
-            let r: Value = r.json().await.unwrap();
-            if !matches!(r["status"].as_str(), Some("queued") | Some("running")) {
-                return r;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("the run finishes")
-}
-
-fn node<'a>(run: &'a Value, id: &str) -> &'a Value {
-    run["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["node_id"] == id)
-        .unwrap_or_else(|| panic!("node {id} in {run}"))
-}
-
 fn fields(body: &Value) -> Vec<String> {
     body["error"]["details"]
         .as_array()
@@ -94,8 +43,7 @@ async fn deeply_nested_cel_condition_is_refused_with_422_and_the_server_stays_up
     let r = app.get("/health/live", None).await;
     assert_eq!(r.status(), StatusCode::OK);
     // A reasonable condition is still accepted.
-    create(
-        &app,
+    app.create_pipeline(
         &token,
         condition_pipeline(
             "(input.n > 1 && [1, 2].exists(v, v == input.n)) || nodes.x.status == 'succeeded'",
@@ -137,24 +85,20 @@ async fn a_condition_over_its_budget_times_out_and_the_server_stays_ready() {
     ])
     .await;
     let token = app.user_token().await;
-    let p = create(
-        &app,
-        &token,
-        condition_pipeline("input.l.all(a, input.l.all(b, a + b >= 0))"),
-    )
-    .await;
-    let run = start(
-        &app,
-        &token,
-        &p,
-        json!({"l": (0..1500).collect::<Vec<i64>>()}),
-    )
-    .await;
+    let p = app
+        .create_pipeline(
+            &token,
+            condition_pipeline("input.l.all(a, input.l.all(b, a + b >= 0))"),
+        )
+        .await;
+    let run = app
+        .start_run(&token, &p, json!({"l": (0..1500).collect::<Vec<i64>>()}))
+        .await;
     let r = app.get("/health/ready", None).await;
     assert_eq!(r.status(), StatusCode::OK);
-    let r = finished(&app, &token, &run).await;
+    let r = app.run_finished(&token, &run).await;
     assert_eq!(r["status"], "timed_out", "{r}");
-    assert_eq!(node(&r, "c")["error"]["code"], "timed_out", "{r}");
+    assert_eq!(run_node(&r, "c")["error"]["code"], "timed_out", "{r}");
     let r = app.get("/health/ready", None).await;
     assert_eq!(r.status(), StatusCode::OK);
 }
@@ -220,19 +164,25 @@ async fn template_fan_out_is_refused_when_stored_and_fails_the_node_when_rendere
 
     // Within the reference count, the rendered size is bounded at run time.
     let refs: Vec<Value> = (0..60).map(|_| json!("{{input.x}}")).collect();
-    let p = create(
-        &app,
-        &token,
-        json!({"name": "fan", "nodes": [
-            {"id": "q", "type": "action", "config": {"tool": "json_query",
-             "params": {"data": refs, "query": "@"}}}
-        ]}),
-    )
-    .await;
-    let run = start(&app, &token, &p, json!({"x": "y".repeat(200 * 1024)})).await;
-    let r = finished(&app, &token, &run).await;
+    let p = app
+        .create_pipeline(
+            &token,
+            json!({"name": "fan", "nodes": [
+                {"id": "q", "type": "action", "config": {"tool": "json_query",
+                 "params": {"data": refs, "query": "@"}}}
+            ]}),
+        )
+        .await;
+    let run = app
+        .start_run(&token, &p, json!({"x": "y".repeat(200 * 1024)}))
+        .await;
+    let r = app.run_finished(&token, &run).await;
     assert_eq!(r["status"], "failed");
-    assert_eq!(node(&r, "q")["error"]["code"], "params_too_large", "{r}");
+    assert_eq!(
+        run_node(&r, "q")["error"]["code"],
+        "params_too_large",
+        "{r}"
+    );
 }
 
 fn nest(mut v: Value, depth: usize) -> Value {
@@ -250,20 +200,22 @@ async fn a_deep_node_output_fails_the_node_and_runs_stay_readable() {
     let token = app.user_token().await;
     // 100 levels of params around a 60-level input: a 160-level output, deeper than serde_json
     // reads back.
-    let p = create(
-        &app,
-        &token,
-        json!({"name": "deep", "nodes": [
-            {"id": "q", "type": "action", "config": {"tool": "json_query",
-             "params": {"data": nest(json!("{{input.d}}"), 100), "query": "@"}}}
-        ]}),
-    )
-    .await;
-    let run = start(&app, &token, &p, json!({"d": nest(json!(1), 60)})).await;
-    let r = finished(&app, &token, &run).await;
+    let p = app
+        .create_pipeline(
+            &token,
+            json!({"name": "deep", "nodes": [
+                {"id": "q", "type": "action", "config": {"tool": "json_query",
+                 "params": {"data": nest(json!("{{input.d}}"), 100), "query": "@"}}}
+            ]}),
+        )
+        .await;
+    let run = app
+        .start_run(&token, &p, json!({"d": nest(json!(1), 60)}))
+        .await;
+    let r = app.run_finished(&token, &run).await;
     assert_eq!(r["status"], "failed", "{r}");
-    assert_eq!(node(&r, "q")["status"], "failed");
-    assert_eq!(node(&r, "q")["error"]["code"], "output_too_deep", "{r}");
+    assert_eq!(run_node(&r, "q")["status"], "failed");
+    assert_eq!(run_node(&r, "q")["error"]["code"], "output_too_deep", "{r}");
     let r = app.get(&format!("/pipelines/{p}/runs"), Some(&token)).await;
     assert_eq!(r.status(), StatusCode::OK);
 }
@@ -273,14 +225,14 @@ async fn a_deep_node_output_fails_the_node_and_runs_stay_readable() {
 async fn stored_outputs_deeper_than_serde_reads_do_not_break_run_endpoints() {
     let app = spawn_app().await;
     let token = app.user_token().await;
-    let p = create(
-        &app,
-        &token,
-        json!({"name": "old", "nodes": [{"id": "t", "type": "trigger"}]}),
-    )
-    .await;
-    let run = start(&app, &token, &p, json!({})).await;
-    finished(&app, &token, &run).await;
+    let p = app
+        .create_pipeline(
+            &token,
+            json!({"name": "old", "nodes": [{"id": "t", "type": "trigger"}]}),
+        )
+        .await;
+    let run = app.start_run(&token, &p, json!({})).await;
+    app.run_finished(&token, &run).await;
     let deep = serde_json::to_string(&nest(json!(1), 500)).unwrap();
     let db = app.db_client().await;
     let id = uuid::Uuid::parse_str(&run).unwrap();
@@ -300,7 +252,10 @@ async fn stored_outputs_deeper_than_serde_reads_do_not_break_run_endpoints() {
     assert_eq!(r.status(), StatusCode::OK);
     let r: Value = r.json().await.unwrap();
     assert_eq!(r["output"]["error"]["code"], "unreadable_value", "{r}");
-    assert_eq!(node(&r, "t")["output"]["error"]["code"], "unreadable_value");
+    assert_eq!(
+        run_node(&r, "t")["output"]["error"]["code"],
+        "unreadable_value"
+    );
     let r = app.get(&format!("/pipelines/{p}/runs"), Some(&token)).await;
     assert_eq!(r.status(), StatusCode::OK);
 }
@@ -309,12 +264,12 @@ async fn stored_outputs_deeper_than_serde_reads_do_not_break_run_endpoints() {
 async fn malformed_run_body_is_a_400_and_an_empty_body_is_empty_input() {
     let app = spawn_app().await;
     let token = app.user_token().await;
-    let p = create(
-        &app,
-        &token,
-        json!({"name": "b", "nodes": [{"id": "t", "type": "trigger"}]}),
-    )
-    .await;
+    let p = app
+        .create_pipeline(
+            &token,
+            json!({"name": "b", "nodes": [{"id": "t", "type": "trigger"}]}),
+        )
+        .await;
     let url = app.url(&format!("/pipelines/{p}/runs"));
     let r = app
         .client
@@ -376,13 +331,13 @@ async fn another_users_agent_in_a_node_is_refused_with_422() {
         assert_eq!(body["error"]["details"][0]["problem"], "no such agent");
     }
     // Alice may; Bob cannot patch his own pipeline to point at it either.
-    create(&app, &alice, def(&agent_id)).await;
-    let own = create(
-        &app,
-        &bob,
-        json!({"name": "b", "nodes": [{"id": "t", "type": "trigger"}]}),
-    )
-    .await;
+    app.create_pipeline(&alice, def(&agent_id)).await;
+    let own = app
+        .create_pipeline(
+            &bob,
+            json!({"name": "b", "nodes": [{"id": "t", "type": "trigger"}]}),
+        )
+        .await;
     let r = app
         .patch(
             &format!("/pipelines/{own}"),
@@ -412,9 +367,7 @@ async fn a_run_whose_instance_keeps_dying_fails_as_crash_loop() {
     ])
     .await;
     let token = app.user_token().await;
-    let p = create(
-        &app,
-        &token,
+    let p = app.create_pipeline(&token,
         json!({"name": "crashy", "nodes": [
             {"id": "h", "type": "action", "retry": {"max_attempts": 10},
              "config": {"tool": "http_request",
@@ -422,7 +375,7 @@ async fn a_run_whose_instance_keeps_dying_fails_as_crash_loop() {
         ]}),
     )
     .await;
-    let run = start(&app, &token, &p, json!({})).await;
+    let run = app.start_run(&token, &p, json!({})).await;
     let id = uuid::Uuid::parse_str(&run).unwrap();
     let dead = uuid::Uuid::now_v7();
     let db = app.db_client().await;
@@ -455,7 +408,7 @@ async fn a_run_whose_instance_keeps_dying_fails_as_crash_loop() {
         .await
         .unwrap();
     }
-    let r = finished(&app, &token, &run).await;
+    let r = app.run_finished(&token, &run).await;
     assert_eq!(r["status"], "failed", "{r}");
     assert_eq!(r["error"]["code"], "crash_loop", "{r}");
     assert_eq!(
@@ -483,9 +436,7 @@ async fn graceful_restarts_that_abandon_a_node_end_in_crash_loop() {
     let db = TestDatabase::new().await;
     let app = spawn_app_on(&db, &env).await;
     let token = app.user_token().await;
-    let p = create(
-        &app,
-        &token,
+    let p = app.create_pipeline(&token,
         json!({"name": "hang", "nodes": [
             {"id": "h", "type": "action", "retry": {"max_attempts": 10},
              "config": {"tool": "http_request",
@@ -493,7 +444,7 @@ async fn graceful_restarts_that_abandon_a_node_end_in_crash_loop() {
         ]}),
     )
     .await;
-    let run = start(&app, &token, &p, json!({})).await;
+    let run = app.start_run(&token, &p, json!({})).await;
     target
         .wait_for(Some("/hang"), 1, Duration::from_secs(30))
         .await;
@@ -523,7 +474,7 @@ async fn graceful_restarts_that_abandon_a_node_end_in_crash_loop() {
     .expect("the interrupted drain was counted");
     // The restarted instance does not run the node again.
     let app = spawn_app_on(&db, &env).await;
-    let r = finished(&app, &token, &run).await;
+    let r = app.run_finished(&token, &run).await;
     assert_eq!(r["status"], "failed", "{r}");
     assert_eq!(r["error"]["code"], "crash_loop", "{r}");
     assert_eq!(target.hits("/hang"), 1);
@@ -545,8 +496,7 @@ async fn a_pipeline_body_over_the_route_limit_is_refused_before_parsing() {
         .await;
     assert_error(r, StatusCode::BAD_REQUEST, "payload_too_large").await;
     // Small enough: accepted.
-    create(
-        &app,
+    app.create_pipeline(
         &token,
         json!({"name": "small", "nodes": [{"id": "t", "type": "trigger"}]}),
     )

@@ -59,79 +59,23 @@ fn get_node(id: &str, url: String) -> Value {
     json!({"id": id, "type": "action", "config": {"tool": "http_request", "params": {"method": "GET", "url": url}}})
 }
 
-async fn create(app: &TestApp, token: &str, body: Value) -> String {
-    let r = app.post("/pipelines", &body, Some(token)).await;
-    assert_eq!(
-        r.status(),
-        StatusCode::CREATED,
-        "{}",
-        r.text().await.unwrap()
-    );
-    let p: Value = r.json().await.unwrap();
-    p["id"].as_str().unwrap().to_owned()
-}
-
-async fn start(app: &TestApp, token: &str, pipeline: &str, input: Value) -> String {
-    let r = app
-        .post(
-            &format!("/pipelines/{pipeline}/runs"),
-            &json!({"input": input}),
-            Some(token),
-        )
-        .await;
-    assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let run: Value = r.json().await.unwrap();
-    assert_eq!(run["status"], "queued");
-    run["id"].as_str().unwrap().to_owned()
-}
-
-async fn run_json(app: &TestApp, token: &str, run: &str) -> Value {
-    let r = app.get(&format!("/runs/{run}"), Some(token)).await;
-    assert_eq!(r.status(), StatusCode::OK);
-    r.json().await.unwrap()
-}
-
-/// Polls `GET /runs/{id}` until the run has finished (bounded).
-async fn finished(app: &TestApp, token: &str, run: &str) -> Value {
-    tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            let r = run_json(app, token, run).await;
-            if !matches!(r["status"].as_str(), Some("queued") | Some("running")) {
-                return r;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("the run finishes")
-}
-
-fn node<'a>(run: &'a Value, id: &str) -> &'a Value {
-    run["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["node_id"] == id)
-        .unwrap_or_else(|| panic!("node {id} in {run}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn linear_pipeline_calls_the_target_in_order_and_passes_outputs() {
     let target = Target::start().await;
     let app = app_with(&[]).await;
     let token = app.user_token().await;
-    let p = create(
-        &app,
-        &token,
-        json!({"name": "linear", "nodes": [
+    let p = app
+        .create_pipeline(
+            &token,
+            json!({"name": "linear", "nodes": [
             {"id": "start", "type": "trigger"},
             get_node("fetch", target.url("/ok")),
             get_node("next", target.url("/hit/{{nodes.fetch.output.status}}-{{input.tag}}"))
         ], "edges": [{"from": "start", "to": "fetch"}, {"from": "fetch", "to": "next"}]}),
-    )
-    .await;
-    let run = start(&app, &token, &p, json!({"tag": "x"})).await;
-    let r = finished(&app, &token, &run).await;
+        )
+        .await;
+    let run = app.start_run(&token, &p, json!({"tag": "x"})).await;
+    let r = app.run_finished(&token, &run).await;
     assert_eq!(r["status"], "succeeded", "{r}");
     assert_eq!(target.hits("/ok"), 1);
     assert_eq!(
@@ -139,8 +83,8 @@ async fn linear_pipeline_calls_the_target_in_order_and_passes_outputs() {
         1,
         "the templated URL used fetch's output"
     );
-    assert_eq!(node(&r, "fetch")["output"]["status"], 200);
-    assert_eq!(node(&r, "next")["attempts"], 1);
+    assert_eq!(run_node(&r, "fetch")["output"]["status"], 200);
+    assert_eq!(run_node(&r, "next")["attempts"], 1);
     assert!(r["finished_at"].is_string());
     let history: Value = app
         .get(&format!("/pipelines/{p}/runs"), Some(&token))
@@ -156,33 +100,30 @@ async fn condition_takes_one_branch_and_skips_the_other() {
     let target = Target::start().await;
     let app = app_with(&[]).await;
     let token = app.user_token().await;
-    let p = create(
-        &app,
-        &token,
-        json!({"name": "cond", "nodes": [
-            {"id": "start", "type": "trigger"},
-            {"id": "check", "type": "condition", "config": {"expression": "input.n > 5"}},
-            get_node("yes", target.url("/hit/yes")),
-            get_node("no", target.url("/hit/no")),
-            get_node("after_no", target.url("/hit/after_no"))
-        ], "edges": [
-            {"from": "start", "to": "check"},
-            {"from": "check", "to": "yes", "when": true},
-            {"from": "check", "to": "no", "when": false},
-            {"from": "no", "to": "after_no"}
-        ]}),
-    )
-    .await;
-    let r = finished(
-        &app,
-        &token,
-        &start(&app, &token, &p, json!({"n": 9})).await,
-    )
-    .await;
+    let p = app
+        .create_pipeline(
+            &token,
+            json!({"name": "cond", "nodes": [
+                {"id": "start", "type": "trigger"},
+                {"id": "check", "type": "condition", "config": {"expression": "input.n > 5"}},
+                get_node("yes", target.url("/hit/yes")),
+                get_node("no", target.url("/hit/no")),
+                get_node("after_no", target.url("/hit/after_no"))
+            ], "edges": [
+                {"from": "start", "to": "check"},
+                {"from": "check", "to": "yes", "when": true},
+                {"from": "check", "to": "no", "when": false},
+                {"from": "no", "to": "after_no"}
+            ]}),
+        )
+        .await;
+    let r = app
+        .run_finished(&token, &app.start_run(&token, &p, json!({"n": 9})).await)
+        .await;
     assert_eq!(r["status"], "succeeded", "{r}");
-    assert_eq!(node(&r, "check")["output"], true);
-    assert_eq!(node(&r, "no")["status"], "skipped");
-    assert_eq!(node(&r, "after_no")["status"], "skipped");
+    assert_eq!(run_node(&r, "check")["output"], true);
+    assert_eq!(run_node(&r, "no")["status"], "skipped");
+    assert_eq!(run_node(&r, "after_no")["status"], "skipped");
     assert_eq!(
         (
             target.hits("/hit/yes"),
@@ -198,9 +139,7 @@ async fn parallel_branches_all_run_and_join() {
     let target = Target::start().await;
     let app = app_with(&[]).await;
     let token = app.user_token().await;
-    let p = create(
-        &app,
-        &token,
+    let p = app.create_pipeline(&token,
         json!({"name": "fan", "nodes": [
             {"id": "fan", "type": "parallel"},
             get_node("a", target.url("/hit/a")), get_node("b", target.url("/hit/b")), get_node("c", target.url("/hit/c")),
@@ -211,7 +150,9 @@ async fn parallel_branches_all_run_and_join() {
         ]}),
     )
     .await;
-    let r = finished(&app, &token, &start(&app, &token, &p, json!({})).await).await;
+    let r = app
+        .run_finished(&token, &app.start_run(&token, &p, json!({})).await)
+        .await;
     assert_eq!(r["status"], "succeeded", "{r}");
     for path in ["/hit/a", "/hit/b", "/hit/c", "/hit/join"] {
         assert_eq!(target.hits(path), 1, "{path}");
@@ -226,29 +167,33 @@ async fn retryable_failures_are_retried_until_success_and_4xx_is_not_retried() {
     let retry = json!({"max_attempts": 4, "initial_backoff_ms": 10, "multiplier": 2.0, "max_backoff_ms": 100});
     let mut flaky = get_node("flaky", target.url("/flaky/2"));
     flaky["retry"] = retry.clone();
-    let p = create(
-        &app,
-        &token,
-        json!({"name": "retry", "nodes": [flaky], "edges": []}),
-    )
-    .await;
-    let r = finished(&app, &token, &start(&app, &token, &p, json!({})).await).await;
+    let p = app
+        .create_pipeline(
+            &token,
+            json!({"name": "retry", "nodes": [flaky], "edges": []}),
+        )
+        .await;
+    let r = app
+        .run_finished(&token, &app.start_run(&token, &p, json!({})).await)
+        .await;
     assert_eq!(r["status"], "succeeded", "{r}");
-    assert_eq!(node(&r, "flaky")["attempts"], 3);
+    assert_eq!(run_node(&r, "flaky")["attempts"], 3);
     assert_eq!(target.hits("/flaky/2"), 3);
 
     let mut missing = get_node("missing", target.url("/notfound"));
     missing["retry"] = retry;
-    let p = create(
-        &app,
-        &token,
-        json!({"name": "4xx", "nodes": [missing], "edges": []}),
-    )
-    .await;
-    let r = finished(&app, &token, &start(&app, &token, &p, json!({})).await).await;
+    let p = app
+        .create_pipeline(
+            &token,
+            json!({"name": "4xx", "nodes": [missing], "edges": []}),
+        )
+        .await;
+    let r = app
+        .run_finished(&token, &app.start_run(&token, &p, json!({})).await)
+        .await;
     assert_eq!(r["status"], "failed", "{r}");
-    assert_eq!(node(&r, "missing")["attempts"], 1);
-    assert_eq!(node(&r, "missing")["status"], "failed");
+    assert_eq!(run_node(&r, "missing")["attempts"], 1);
+    assert_eq!(run_node(&r, "missing")["status"], "failed");
     assert_eq!(target.hits("/notfound"), 1, "a 4xx is not retried");
 }
 
@@ -259,19 +204,23 @@ async fn the_circuit_opens_after_consecutive_failures_and_later_calls_fail_fast(
     let token = app.user_token().await;
     let mut down = get_node("down", target.url("/always500"));
     down["retry"] = json!({"max_attempts": 2, "initial_backoff_ms": 10});
-    let p = create(
-        &app,
-        &token,
-        json!({"name": "breaker", "nodes": [down], "edges": []}),
-    )
-    .await;
-    let first = finished(&app, &token, &start(&app, &token, &p, json!({})).await).await;
+    let p = app
+        .create_pipeline(
+            &token,
+            json!({"name": "breaker", "nodes": [down], "edges": []}),
+        )
+        .await;
+    let first = app
+        .run_finished(&token, &app.start_run(&token, &p, json!({})).await)
+        .await;
     assert_eq!(first["status"], "failed");
     assert_eq!(target.hits("/always500"), 2);
-    let second = finished(&app, &token, &start(&app, &token, &p, json!({})).await).await;
+    let second = app
+        .run_finished(&token, &app.start_run(&token, &p, json!({})).await)
+        .await;
     assert_eq!(second["status"], "failed");
     assert_eq!(
-        node(&second, "down")["error"]["code"],
+        run_node(&second, "down")["error"]["code"],
         "circuit_open",
         "{second}"
     );
@@ -289,29 +238,31 @@ async fn node_and_run_timeouts_end_the_run_timed_out() {
     let token = app.user_token().await;
     let mut slow = get_node("slow", target.url("/slow"));
     slow["timeout_ms"] = json!(300);
-    let p = create(
-        &app,
-        &token,
-        json!({"name": "node-timeout", "nodes": [slow], "edges": []}),
-    )
-    .await;
-    let r = finished(&app, &token, &start(&app, &token, &p, json!({})).await).await;
+    let p = app
+        .create_pipeline(
+            &token,
+            json!({"name": "node-timeout", "nodes": [slow], "edges": []}),
+        )
+        .await;
+    let r = app
+        .run_finished(&token, &app.start_run(&token, &p, json!({})).await)
+        .await;
     assert_eq!(r["status"], "timed_out", "{r}");
-    assert_eq!(node(&r, "slow")["status"], "failed");
-    assert_eq!(node(&r, "slow")["error"]["code"], "timed_out");
+    assert_eq!(run_node(&r, "slow")["status"], "failed");
+    assert_eq!(run_node(&r, "slow")["error"]["code"], "timed_out");
 
-    let p = create(
-        &app,
-        &token,
+    let p = app.create_pipeline(&token,
         json!({"name": "run-timeout", "timeout_ms": 400,
                "nodes": [get_node("slow", target.url("/slow")), get_node("after", target.url("/hit/after-timeout"))],
                "edges": [{"from": "slow", "to": "after"}]}),
     )
     .await;
-    let r = finished(&app, &token, &start(&app, &token, &p, json!({})).await).await;
+    let r = app
+        .run_finished(&token, &app.start_run(&token, &p, json!({})).await)
+        .await;
     assert_eq!(r["status"], "timed_out", "{r}");
     assert_eq!(r["error"]["code"], "timed_out");
-    assert_eq!(node(&r, "slow")["status"], "cancelled");
+    assert_eq!(run_node(&r, "slow")["status"], "cancelled");
     assert_eq!(target.hits("/hit/after-timeout"), 0);
 }
 
@@ -320,14 +271,12 @@ async fn cancel_stops_the_run_and_nothing_runs_afterwards() {
     let target = Target::start().await;
     let app = app_with(&[]).await;
     let token = app.user_token().await;
-    let p = create(
-        &app,
-        &token,
+    let p = app.create_pipeline(&token,
         json!({"name": "cancel", "nodes": [get_node("slow", target.url("/slow")), get_node("after", target.url("/hit/after-cancel"))],
                "edges": [{"from": "slow", "to": "after"}]}),
     )
     .await;
-    let run = start(&app, &token, &p, json!({})).await;
+    let run = app.start_run(&token, &p, json!({})).await;
     tokio::time::timeout(Duration::from_secs(20), async {
         while target.hits("/slow") == 0 {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -339,15 +288,15 @@ async fn cancel_stops_the_run_and_nothing_runs_afterwards() {
         .post(&format!("/runs/{run}/cancel"), &json!({}), Some(&token))
         .await;
     assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let r = finished(&app, &token, &run).await;
+    let r = app.run_finished(&token, &run).await;
     assert_eq!(r["status"], "cancelled", "{r}");
-    assert_eq!(node(&r, "slow")["status"], "cancelled");
-    assert_eq!(node(&r, "after")["status"], "cancelled");
+    assert_eq!(run_node(&r, "slow")["status"], "cancelled");
+    assert_eq!(run_node(&r, "after")["status"], "cancelled");
     // Nothing of the cancelled run executes later. This sleep stays: it is the window in which
     // nothing may happen, not a wait for something to happen.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(target.hits("/hit/after-cancel"), 0);
-    assert_eq!(run_json(&app, &token, &run).await["status"], "cancelled");
+    assert_eq!(app.run_json(&token, &run).await["status"], "cancelled");
     let again = app
         .post(&format!("/runs/{run}/cancel"), &json!({}), Some(&token))
         .await;
@@ -412,12 +361,12 @@ async fn crud_versions_and_other_users_get_404() {
     let app = app_with(&[]).await;
     let alice = app.user_token().await;
     let bob = app.user_token().await;
-    let p = create(
-        &app,
-        &alice,
-        json!({"name": "mine", "nodes": [get_node("a", target.url("/ok"))], "edges": []}),
-    )
-    .await;
+    let p = app
+        .create_pipeline(
+            &alice,
+            json!({"name": "mine", "nodes": [get_node("a", target.url("/ok"))], "edges": []}),
+        )
+        .await;
     let patched: Value = app
         .patch(
             &format!("/pipelines/{p}"),
@@ -432,8 +381,8 @@ async fn crud_versions_and_other_users_get_404() {
         (patched["name"].as_str(), patched["version"].as_i64()),
         (Some("renamed"), Some(2))
     );
-    let run = start(&app, &alice, &p, json!({})).await;
-    assert_eq!(finished(&app, &alice, &run).await["pipeline_version"], 2);
+    let run = app.start_run(&alice, &p, json!({})).await;
+    assert_eq!(app.run_finished(&alice, &run).await["pipeline_version"], 2);
 
     for r in [
         app.get(&format!("/pipelines/{p}"), Some(&bob)).await,
@@ -546,7 +495,7 @@ async fn kill_9_mid_run_then_restart_resumes_without_rerunning_completed_nodes()
 
     // A new instance on the same database rescues the run once its lease expires and resumes it.
     let app = spawn_app_on(&db, &FAST_RESCUE).await;
-    let r = finished(&app, &token, &run_id).await;
+    let r = app.run_finished(&token, &run_id).await;
     assert_eq!(r["status"], "succeeded", "{r}");
     assert_eq!(
         target.hits("/hit/resume-a"),
@@ -559,7 +508,7 @@ async fn kill_9_mid_run_then_restart_resumes_without_rerunning_completed_nodes()
         "the mid-flight node ran again"
     );
     assert_eq!(target.hits("/hit/resume-c"), 1);
-    assert_eq!(node(&r, "b")["attempts"], 2);
+    assert_eq!(run_node(&r, "b")["attempts"], 2);
 }
 
 /// Waits until `n` instances hold their `LISTEN` connection on this database (each listener
@@ -600,18 +549,18 @@ async fn a_cancel_sent_to_another_instance_stops_the_run_within_two_seconds() {
     let gate = Gate::start().await;
     let app_a = spawn_app_with(&SLOW_HEARTBEAT).await;
     let token = app_a.user_token().await;
-    let p = create(
-        &app_a,
-        &token,
-        json!({"name": "cross-cancel", "nodes": [
+    let p = app_a
+        .create_pipeline(
+            &token,
+            json!({"name": "cross-cancel", "nodes": [
             {"id": "t", "type": "trigger"},
             {"id": "wait", "type": "action", "config": {"tool": "http_request",
              "params": {"method": "GET", "url": gate.url("/gate/wait"), "timeout_ms": 120000}}},
             get_node("after", gate.url("/gate/after"))
         ], "edges": [{"from": "t", "to": "wait"}, {"from": "wait", "to": "after"}]}),
-    )
-    .await;
-    let run = start(&app_a, &token, &p, json!({})).await;
+        )
+        .await;
+    let run = app_a.start_run(&token, &p, json!({})).await;
     // A is the only instance: the run hanging at the gate is A's.
     tokio::time::timeout(Duration::from_secs(20), async {
         while gate.paths().is_empty() {
@@ -624,7 +573,7 @@ async fn a_cancel_sent_to_another_instance_stops_the_run_within_two_seconds() {
 
     let app_b = spawn_app_on(&app_a.db, &SLOW_HEARTBEAT).await;
     listeners_ready(&app_a, 2).await;
-    assert_eq!(run_json(&app_b, &token, &run).await["status"], "running");
+    assert_eq!(app_b.run_json(&token, &run).await["status"], "running");
 
     let r = app_b
         .post(&format!("/runs/{run}/cancel"), &json!({}), Some(&token))
@@ -633,7 +582,7 @@ async fn a_cancel_sent_to_another_instance_stops_the_run_within_two_seconds() {
     let asked = Instant::now();
     let cancelled = tokio::time::timeout(Duration::from_secs(2), async {
         loop {
-            let r = run_json(&app_b, &token, &run).await;
+            let r = app_b.run_json(&token, &run).await;
             if r["status"] != "running" && r["status"] != "queued" {
                 return r;
             }
@@ -649,11 +598,11 @@ async fn a_cancel_sent_to_another_instance_stops_the_run_within_two_seconds() {
     });
     assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
     assert_eq!(
-        node(&cancelled, "wait")["status"],
+        run_node(&cancelled, "wait")["status"],
         "cancelled",
         "{cancelled}"
     );
-    let after = node(&cancelled, "after");
+    let after = run_node(&cancelled, "after");
     assert_eq!(after["status"], "cancelled", "{cancelled}");
     assert!(after["started_at"].is_null(), "never started: {cancelled}");
     assert_eq!(after["attempts"], 0, "{cancelled}");
@@ -663,9 +612,9 @@ async fn a_cancel_sent_to_another_instance_stops_the_run_within_two_seconds() {
     gate.release();
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(gate.paths(), ["/gate/wait"], "no request after the cancel");
-    let r = run_json(&app_a, &token, &run).await;
+    let r = app_a.run_json(&token, &run).await;
     assert_eq!(r["status"], "cancelled", "{r}");
-    assert_eq!(node(&r, "after")["status"], "cancelled", "{r}");
+    assert_eq!(run_node(&r, "after")["status"], "cancelled", "{r}");
     app_b.stop().await.unwrap();
     app_a.stop().await.unwrap();
 }
@@ -717,26 +666,22 @@ async fn an_agent_node_calls_the_real_agent_runner_and_passes_its_reply_downstre
         r.text().await.unwrap()
     );
     let agent: Value = r.json().await.unwrap();
-    let p = create(
-        &app,
-        &token,
-        json!({"name": "agent-then-template", "nodes": [
+    let p = app
+        .create_pipeline(
+            &token,
+            json!({"name": "agent-then-template", "nodes": [
             {"id": "t", "type": "trigger"},
             {"id": "think", "type": "agent", "config": {"agent_id": agent["id"],
              "prompt": "Report on {{input.place}} for {{input.night}} nights."}},
             {"id": "format", "type": "action", "config": {"tool": "text_template",
              "params": {"template": "[{{input.place}}] {{nodes.think.output.text}}", "values": {}}}}
         ], "edges": [{"from": "t", "to": "think"}, {"from": "think", "to": "format"}]}),
-    )
-    .await;
-    let run = start(
-        &app,
-        &token,
-        &p,
-        json!({"place": "the north gate", "night": 3}),
-    )
-    .await;
-    let r = finished(&app, &token, &run).await;
+        )
+        .await;
+    let run = app
+        .start_run(&token, &p, json!({"place": "the north gate", "night": 3}))
+        .await;
+    let r = app.run_finished(&token, &run).await;
     assert_eq!(r["status"], "succeeded", "{r}");
 
     let prompt = "Report on the north gate for 3 nights.";
@@ -761,11 +706,11 @@ async fn an_agent_node_calls_the_real_agent_runner_and_passes_its_reply_downstre
         call.body
     );
 
-    let think = node(&r, "think");
+    let think = run_node(&r, "think");
     assert_eq!(think["status"], "succeeded", "{r}");
     assert_eq!(think["output"]["text"], reply.as_str(), "{r}");
     assert_eq!(think["output"]["usage"]["prompt_tokens"], 11, "{r}");
-    let format = node(&r, "format");
+    let format = run_node(&r, "format");
     assert_eq!(format["status"], "succeeded", "{r}");
     assert_eq!(
         format["output"],

@@ -24,18 +24,6 @@ fn bearer(r: &Recorded) -> String {
     r.headers.get("authorization").cloned().unwrap_or_default()
 }
 
-async fn create_pipeline(app: &TestApp, token: &str, body: Value) -> String {
-    let r = app.post("/pipelines", &body, Some(token)).await;
-    assert_eq!(
-        r.status(),
-        StatusCode::CREATED,
-        "{}",
-        r.text().await.unwrap()
-    );
-    let p: Value = r.json().await.unwrap();
-    p["id"].as_str().unwrap().to_owned()
-}
-
 /// Starts a run of `pipeline` and waits (bounded) until it has finished.
 async fn run_to_end(app: &TestApp, token: &str, pipeline: &str) -> Value {
     let r = app
@@ -97,9 +85,7 @@ async fn a_users_node_timeouts_on_an_endpoint_never_block_another_user_there() {
     let bob = app.user_token().await;
 
     // Alice: a 1 ms budget on the endpoint, three attempts per run, run after run.
-    let slow = create_pipeline(
-        &app,
-        &alice,
+    let slow = app.create_pipeline(&alice,
         json!({"name": "impatient", "nodes": [
             {"id": "get", "type": "action", "timeout_ms": 1,
              "retry": {"max_attempts": 3, "initial_backoff_ms": 1},
@@ -108,15 +94,15 @@ async fn a_users_node_timeouts_on_an_endpoint_never_block_another_user_there() {
     )
     .await;
     // ... and on a pure built-in tool (which may or may not beat 1 ms).
-    let calc = create_pipeline(
-        &app,
-        &alice,
-        json!({"name": "hasty", "nodes": [
+    let calc = app
+        .create_pipeline(
+            &alice,
+            json!({"name": "hasty", "nodes": [
             {"id": "calc", "type": "action", "timeout_ms": 1,
              "config": {"tool": "calculator", "params": {"expression": "1+1"}}}
         ], "edges": []}),
-    )
-    .await;
+        )
+        .await;
     for _ in 0..3 {
         let run = run_to_end(&app, &alice, &slow).await;
         assert_eq!(run["status"], "timed_out", "{run}");
@@ -129,9 +115,7 @@ async fn a_users_node_timeouts_on_an_endpoint_never_block_another_user_there() {
     }
 
     // Bob: the same endpoint and the same built-in tool still work for him.
-    let ok = create_pipeline(
-        &app,
-        &bob,
+    let ok = app.create_pipeline(&bob,
         json!({"name": "patient", "nodes": [
             {"id": "get", "type": "action",
              "config": {"tool": "http_request", "params": {"method": "GET", "url": target.url("/ok")}}},
@@ -243,14 +227,14 @@ async fn a_users_rate_limited_or_revoked_provider_key_never_blocks_another_users
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["reply"], "bob is served");
     let (bob, agent) = users[1].clone();
-    let p = create_pipeline(
-        &app,
-        &bob,
-        json!({"name": "ask", "nodes": [
+    let p = app
+        .create_pipeline(
+            &bob,
+            json!({"name": "ask", "nodes": [
             {"id": "ask", "type": "agent", "config": {"agent_id": agent, "prompt": "hi"}}
         ], "edges": []}),
-    )
-    .await;
+        )
+        .await;
     let run = run_to_end(&app, &bob, &p).await;
     assert_eq!(run["status"], "succeeded", "{run}");
     assert_eq!(calls_with("sk-bob-good"), 2);

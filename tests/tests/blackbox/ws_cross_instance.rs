@@ -15,37 +15,6 @@ use serde_json::{Value, json};
 use std::time::Duration;
 use tokio::time::timeout;
 
-async fn create_pipeline(app: &TestApp, token: &str, body: Value) -> String {
-    let r = app.post("/pipelines", &body, Some(token)).await;
-    assert_eq!(
-        r.status(),
-        StatusCode::CREATED,
-        "{}",
-        r.text().await.unwrap()
-    );
-    let p: Value = r.json().await.unwrap();
-    p["id"].as_str().unwrap().to_owned()
-}
-
-async fn start_run(app: &TestApp, token: &str, pipeline: &str, input: Value) -> String {
-    let r = app
-        .post(
-            &format!("/pipelines/{pipeline}/runs"),
-            &json!({ "input": input }),
-            Some(token),
-        )
-        .await;
-    assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let run: Value = r.json().await.unwrap();
-    run["id"].as_str().unwrap().to_owned()
-}
-
-async fn run_status(app: &TestApp, token: &str, run: &str) -> Value {
-    let r = app.get(&format!("/runs/{run}"), Some(token)).await;
-    assert_eq!(r.status(), StatusCode::OK);
-    r.json().await.unwrap()
-}
-
 /// Waits until `n` instances hold their `LISTEN` connection on this database (the listener
 /// connects in the background after start-up; a NOTIFY sent before that is not seen).
 async fn listeners_ready(app: &TestApp, n: i64) {
@@ -98,17 +67,17 @@ async fn a_socket_on_instance_b_sees_a_run_executed_on_instance_a_and_only_its_o
     )
     .await;
     let carol = app_b.user_token().await;
-    let blocker = create_pipeline(
-        &app_b,
-        &carol,
-        json!({"name": "blocker", "nodes": [
+    let blocker = app_b
+        .create_pipeline(
+            &carol,
+            json!({"name": "blocker", "nodes": [
             {"id": "t", "type": "trigger"},
             {"id": "wait", "type": "action", "config": {"tool": "http_request",
              "params": {"method": "GET", "url": gate_url, "timeout_ms": 120000}}}
         ], "edges": [{"from": "t", "to": "wait"}]}),
-    )
-    .await;
-    let blocker_run = start_run(&app_b, &carol, &blocker, json!({})).await;
+        )
+        .await;
+    let blocker_run = app_b.start_run(&carol, &blocker, json!({})).await;
     gate.wait_for_requests(1, WAIT).await;
 
     // Instance A on the same database: the only executor with room now.
@@ -131,17 +100,19 @@ async fn a_socket_on_instance_b_sees_a_run_executed_on_instance_a_and_only_its_o
     assert!(m["at"].is_string(), "{m}");
 
     // A run started through A's HTTP API.
-    let pipeline = create_pipeline(
-        &app_a,
-        &ada,
-        json!({"name": "calc", "nodes": [
+    let pipeline = app_a
+        .create_pipeline(
+            &ada,
+            json!({"name": "calc", "nodes": [
             {"id": "t", "type": "trigger"},
             {"id": "calc", "type": "action",
              "config": {"tool": "calculator", "params": {"expression": "{{input.expr}}"}}}
         ], "edges": [{"from": "t", "to": "calc"}]}),
-    )
-    .await;
-    let run = start_run(&app_a, &ada, &pipeline, json!({"expr": "6*7"})).await;
+        )
+        .await;
+    let run = app_a
+        .start_run(&ada, &pipeline, json!({"expr": "6*7"}))
+        .await;
 
     let mut kinds = Vec::new();
     loop {
@@ -166,10 +137,10 @@ async fn a_socket_on_instance_b_sees_a_run_executed_on_instance_a_and_only_its_o
     assert_eq!(kinds.last().map(String::as_str), Some("run.finished"));
 
     // The run ran on A: B was full the whole time (its blocker still hangs at the gate).
-    let r = run_status(&app_a, &ada, &run).await;
+    let r = app_a.run_json(&ada, &run).await;
     assert_eq!(r["status"], "succeeded", "{r}");
     assert_eq!(
-        run_status(&app_b, &carol, &blocker_run).await["status"],
+        app_b.run_json(&carol, &blocker_run).await["status"],
         "running",
         "B had no room for another run"
     );
@@ -184,7 +155,7 @@ async fn a_socket_on_instance_b_sees_a_run_executed_on_instance_a_and_only_its_o
     gate.release();
     let blocker_done = timeout(WAIT, async {
         loop {
-            let r = run_status(&app_b, &carol, &blocker_run).await;
+            let r = app_b.run_json(&carol, &blocker_run).await;
             if r["status"] != "running" && r["status"] != "queued" {
                 return r;
             }
