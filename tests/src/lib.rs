@@ -140,6 +140,26 @@ pub async fn spawn_app_on(db: &TestDatabase, env: &[(&str, &str)]) -> TestApp {
 }
 
 impl TestApp {
+    /// Waits (at most 20 s) until `n` instances hold their `LISTEN` connection on this
+    /// database: the listener connects in the background after start-up, and a NOTIFY sent
+    /// before that is not seen.
+    pub async fn listeners_ready(&self, n: i64) {
+        let db = self.db_client().await;
+        let db = &db;
+        wait_until(Duration::from_secs(20), || async move {
+            let row = db
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 \
+                     AND application_name = 'gathering-listener' AND state = 'idle' \
+                     AND query LIKE 'LISTEN%'",
+                    &[&self.db.name],
+                )
+                .await
+                .unwrap();
+            row.get::<_, i64>(0) >= n
+        })
+        .await;
+    }
     /// `POST /pipelines` that must succeed; the new pipeline's id.
     pub async fn create_pipeline(&self, token: &str, body: Value) -> String {
         let r = self.post("/pipelines", &body, Some(token)).await;

@@ -511,31 +511,6 @@ async fn kill_9_mid_run_then_restart_resumes_without_rerunning_completed_nodes()
     assert_eq!(run_node(&r, "b")["attempts"], 2);
 }
 
-/// Waits until `n` instances hold their `LISTEN` connection on this database (each listener
-/// connects in the background after start-up; a NOTIFY sent before that is not seen).
-async fn listeners_ready(app: &TestApp, n: i64) {
-    let db = app.db_client().await;
-    tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            let row = db
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 \
-                     AND application_name = 'gathering-listener' AND state = 'idle' \
-                     AND query LIKE 'LISTEN%'",
-                    &[&app.db.name],
-                )
-                .await
-                .unwrap();
-            if row.get::<_, i64>(0) >= n {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    })
-    .await
-    .expect("every instance is listening");
-}
-
 /// The run is driven by instance A (the only instance when it was claimed); the cancel goes
 /// through instance B. A's lease heartbeat — the other way a cancel flag is noticed — is set to
 /// 100 s, so only the NOTIFY from B to A can stop the run within the bound.
@@ -572,7 +547,7 @@ async fn a_cancel_sent_to_another_instance_stops_the_run_within_two_seconds() {
     assert_eq!(gate.paths(), ["/gate/wait"]);
 
     let app_b = spawn_app_on(&app_a.db, &SLOW_HEARTBEAT).await;
-    listeners_ready(&app_a, 2).await;
+    app_a.listeners_ready(2).await;
     assert_eq!(app_b.run_json(&token, &run).await["status"], "running");
 
     let r = app_b

@@ -15,31 +15,6 @@ use serde_json::{Value, json};
 use std::time::Duration;
 use tokio::time::timeout;
 
-/// Waits until `n` instances hold their `LISTEN` connection on this database (the listener
-/// connects in the background after start-up; a NOTIFY sent before that is not seen).
-async fn listeners_ready(app: &TestApp, n: i64) {
-    let db = app.db_client().await;
-    timeout(WAIT, async {
-        loop {
-            let row = db
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 \
-                     AND application_name = 'gathering-listener' AND state = 'idle' \
-                     AND query LIKE 'LISTEN%'",
-                    &[&app.db.name],
-                )
-                .await
-                .unwrap();
-            if row.get::<_, i64>(0) >= n {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    })
-    .await
-    .expect("every instance is listening");
-}
-
 async fn notify(app: &TestApp, token: &str, title: &str) {
     let r = app
         .post(
@@ -84,7 +59,7 @@ async fn a_socket_on_instance_b_sees_a_run_executed_on_instance_a_and_only_its_o
     let app_a = spawn_app_on(&db, &[]).await;
     let (ada, _, _) = app_a.register_and_login().await;
     let (bob, _, _) = app_a.register_and_login().await;
-    listeners_ready(&app_a, 2).await;
+    app_a.listeners_ready(2).await;
     let mut ada_ws = Ws::connect(&app_b, &format!("?access_token={ada}"))
         .await
         .unwrap();
@@ -178,7 +153,7 @@ async fn a_notification_created_through_instance_a_reaches_the_owners_socket_on_
     let app_b = spawn_app_on(&app_a.db, &[]).await;
     let ada = app_a.user_token().await;
     let bob = app_a.user_token().await;
-    listeners_ready(&app_a, 2).await;
+    app_a.listeners_ready(2).await;
     let mut ada_ws = Ws::connect(&app_b, &format!("?access_token={ada}"))
         .await
         .unwrap();
